@@ -78,6 +78,22 @@ def _surface_distances(a: np.ndarray, b: np.ndarray, spacing: np.ndarray):
     return dist_to_b[surf_a], dist_to_a[surf_b]
 
 
+def _pair_surface_distances(a, b, spacing: Sequence[float], name: str):
+    """Validated directional surface distances (a -> b, b -> a) in mm, or None if either mask is empty."""
+    a, b, spacing_arr = _as_mask_pair(a, b, spacing, name)
+    if not a.any() or not b.any():
+        return None
+    return _surface_distances(a, b, spacing_arr)
+
+
+def _mean_distance(distances) -> float:
+    return float("nan") if distances is None else float(np.concatenate(distances).mean())
+
+
+def _max_directional_p95(distances) -> float:
+    return float("nan") if distances is None else float(max(np.percentile(d, 95) for d in distances))
+
+
 def average_surface_distance(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float:
     """Average symmetric surface distance in mm between two masks.
 
@@ -85,11 +101,7 @@ def average_surface_distance(a: np.ndarray, b: np.ndarray, spacing: Sequence[flo
     (see :func:`mask_surface`), with anisotropic ``spacing`` respected. Returns nan when either mask is
     empty: a distance to an absent surface is undefined.
     """
-    a, b, spacing_arr = _as_mask_pair(a, b, spacing, "average_surface_distance")
-    if not a.any() or not b.any():
-        return float("nan")
-    d_ab, d_ba = _surface_distances(a, b, spacing_arr)
-    return float(np.concatenate([d_ab, d_ba]).mean())
+    return _mean_distance(_pair_surface_distances(a, b, spacing, "average_surface_distance"))
 
 
 def hausdorff95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float:
@@ -99,11 +111,7 @@ def hausdorff95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float
     which is what ``monai.metrics.compute_hausdorff_distance(percentile=95)`` computes; surfaces as in
     :func:`mask_surface`. Returns nan when either mask is empty.
     """
-    a, b, spacing_arr = _as_mask_pair(a, b, spacing, "hausdorff95")
-    if not a.any() or not b.any():
-        return float("nan")
-    d_ab, d_ba = _surface_distances(a, b, spacing_arr)
-    return float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
+    return _max_directional_p95(_pair_surface_distances(a, b, spacing, "hausdorff95"))
 
 
 def organ_metrics(
@@ -134,10 +142,12 @@ def organ_metrics(
     for name, value in labels.items():
         fixed_mask = fixed_labels == value
         moving_mask = moving_labels == value
+        # One pair of distance transforms serves both distance metrics.
+        distances = _pair_surface_distances(fixed_mask, moving_mask, spacing, "organ_metrics")
         results[name] = {
             "dice": dice(fixed_mask, moving_mask),
-            "asd": average_surface_distance(fixed_mask, moving_mask, spacing),
-            "hd95": hausdorff95(fixed_mask, moving_mask, spacing),
+            "asd": _mean_distance(distances),
+            "hd95": _max_directional_p95(distances),
         }
     return results
 
@@ -167,7 +177,7 @@ def jacobian_determinant(field: np.ndarray, spacing: Sequence[float] | None = No
     if spacing is not None and (len(spacing) != 3 or not all(s > 0 for s in spacing)):
         raise ValueError(f"jacobian_determinant: spacing must be 3 positive values, got {tuple(spacing)}")
     # jac[i][j] = d(x_i + u_i) / d x_j
-    jac = [np.gradient(field[i]) for i in range(3)]
+    jac = [list(np.gradient(field[i])) for i in range(3)]
     for i in range(3):
         jac[i][i] += 1.0
     # Cofactor expansion along the first row: avoids materialising an (X, Y, Z, 3, 3) array.

@@ -1,0 +1,34 @@
+"""intermod-train: train one method on one fold, test it on whole volumes, write metrics.json.
+
+    intermod-train method=dual fold=0                 # one run
+    intermod-train -m method=ct,mr,dual fold=0,1,2,3,4   # a sweep
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from intermod.cli import CONF_DIR
+from intermod.runner import RunError, run
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    start = time.perf_counter()
+    try:
+        result = run(cfg, HydraConfig.get().runtime.output_dir)
+    except RunError as err:
+        print(f"intermod-train: {err}", file=sys.stderr)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return None  # the run folder records the failure (failed.json); the sweep goes on
+        sys.exit(2)
+    print(f"intermod-train: done in {time.perf_counter() - start:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

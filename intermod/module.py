@@ -1,0 +1,91 @@
+"""The LightningModule: the U-Net, the warp and the intra-modality losses (paper Fig. 2)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from intermod.evaluation.report import evaluate_subject
+from intermod.inference import register_volumes
+from intermod.losses import RegistrationLoss
+
+CHECKPOINT_FORMAT = 1
+
+
+class RegistrationModule(pl.LightningModule):
+    """Trains ``net`` on patches with ``loss``; validates and tests by registering whole volumes.
+
+    Validation logs the whole-volume loss and Dice/ASD per organ (``val/dice_mean`` picks the best
+    checkpoint). Test results are kept in ``test_results`` (subject -> metrics) for metrics.json.
+    """
+
+    def __init__(self, net: nn.Module, loss: RegistrationLoss, optimizer: Callable, scheduler: Callable | None = None,
+                 labels: dict[str, int] | None = None, inference: str = "whole", channels_last: bool = False,
+                 figure_callback: Callable | None = None):
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.labels = dict(labels or {})
+        self.inference = inference
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.figure_callback = figure_callback
+        self.checkpoint_metadata: dict = {}
+        self.test_results: dict[str, dict] = {}
+        if channels_last:
+            self.net.to(memory_format=self.memory_format)
+
+    def forward(self, ct: torch.Tensor, mr: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([ct, mr], dim=1).contiguous(memory_format=self.memory_format)
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        phi = self(batch["ct"], batch["mr"])
+        loss, parts = self.loss(phi.float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False, on_step=True, on_epoch=True,
+                      batch_size=phi.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=phi.shape[0])
+        return loss
+
+    def _register(self, batch: dict) -> dict[str, torch.Tensor]:
+        return register_volumes(self.net, batch["ct"], batch["mr"], batch["mr_labels"], self.inference)
+
+    def _evaluate(self, batch: dict, out: dict[str, torch.Tensor]) -> dict:
+        def numpy(t: torch.Tensor) -> np.ndarray:
+            return t[0].squeeze(0).cpu().numpy()
+        return evaluate_subject(numpy(batch["ct_labels"]), numpy(batch["mr_labels"]), numpy(out["mr_labels_warped"]),
+                                out["field"][0].float().cpu().numpy(), self.labels, batch["spacing"][0].tolist())
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._register(batch)
+        loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
+        result = self._evaluate(batch, out)
+        dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
+        asd = {organ: v["asd_after"] for organ, v in result["organs"].items()}
+        metrics = {"val/loss": loss, "val/dice_mean": float(np.mean(list(dice.values())))}
+        metrics.update({f"val/dice_{organ}": v for organ, v in dice.items()})
+        metrics.update({f"val/asd_{organ}": v for organ, v in asd.items() if np.isfinite(v)})
+        self.log_dict(metrics, batch_size=1, sync_dist=True)
+        if batch_idx == 0 and self.figure_callback is not None and not self.trainer.sanity_checking:
+            self.figure_callback(self, batch, out, stage="val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._register(batch)
+        self.test_results[batch["subject_id"][0]] = self._evaluate(batch, out)
+        if self.figure_callback is not None:
+            self.figure_callback(self, batch, out, stage="test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
+                                                         "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What intermod-register needs to rebuild the network and check compatibility.
+        checkpoint["intermod"] = {"format": CHECKPOINT_FORMAT, "labels": self.labels, **self.checkpoint_metadata}

@@ -1,0 +1,172 @@
+"""One run of the protocol: data ready, train (learned methods), test on whole volumes, metrics.json.
+
+Runs are seeded, resumable (a killed run restarts from its last checkpoint) and skipped when their
+metrics.json exists, unless ``force=true``; a failed run leaves ``failed.json`` instead.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import WandbLogger
+
+import intermod
+from intermod.data.layout import DatasetError, check_dataset
+from intermod.evaluation.figures import log_registration_figure
+from intermod.evaluation.report import format_table, summarise
+from intermod.io import atomic_write_json, atomic_write_text
+
+METRICS_FILE = "metrics.json"
+FAILED_FILE = "failed.json"
+
+
+class RunError(RuntimeError):
+    """A run could not complete; the message says why and what to do."""
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Serialise work on a shared resource (dataset synthesis) between jobs of a sweep."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_dataset(data_cfg: DictConfig) -> Path:
+    """The dataset root, synthesised first if it is the phantom and absent; then checked."""
+    root = Path(data_cfg.root)
+    synth = data_cfg.get("synthesize")
+    if not (root / "dataset.json").exists() and synth is not None:
+        from intermod.cli.synth import synthesize_dataset
+
+        with file_lock(root.parent / f".{root.name}.lock"):
+            if not (root / "dataset.json").exists():
+                print(f"synthesising the phantom ({synth.n_subjects} subjects, {synth.grid} grid) in {root}")
+                synthesize_dataset(root, synth.n_subjects, synth.grid, synth.seed, workers=os.cpu_count() or 1)
+    problems = check_dataset(root)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise RunError(f"dataset {root} is not usable:\n  {shown}{more}\n"
+                       f"Fix the files (intermod-check-data {root} lists every problem) and run again.")
+    return root
+
+
+def wandb_offline_unless_logged_in() -> bool:
+    """True (and W&B set offline) when no API key is available; runs can be uploaded later."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return False
+    os.environ["WANDB_MODE"] = "offline"
+    return True
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if "WandbLogger" in logger_cfg._target_ and wandb_offline_unless_logged_in():
+            logger_cfg = OmegaConf.merge(logger_cfg, {"offline": True})
+            print("W&B: no API key found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`")
+        loggers.append(instantiate(logger_cfg))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
+def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list[ModelCheckpoint]:
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice_mean", mode="max", save_last=True,
+                           auto_insert_metric_name=False)
+    # A second writer of last.ckpt mid-epoch, so that a killed run loses at most a few steps.
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=every_n_steps)
+    return [best, periodic]
+
+
+def train_and_test(cfg: DictConfig, out: Path) -> dict:
+    data_cfg = OmegaConf.masked_copy(cfg.data, [k for k in cfg.data if k != "synthesize"])
+    datamodule = instantiate(data_cfg)
+    datamodule.setup()
+    module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
+                         figure_callback=partial(log_registration_figure, out_dir=str(out / "figures")))
+    module.checkpoint_metadata = {
+        "intermod_version": intermod.__version__, "method": cfg.method.name,
+        "net": OmegaConf.to_container(cfg.model.net, resolve=True), "inference": cfg.model.inference,
+        "spacing": list(datamodule.spec.spacing or []), "patch_size": cfg.data.patch_size,
+        "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
+    loggers = make_loggers(cfg)
+    ckpt_dir = out / "checkpoints"
+    callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps)
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out))
+    last = ckpt_dir / "last.ckpt"
+    resumed_from = str(last) if last.exists() else None
+    if resumed_from:
+        print(f"resuming from {last}")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
+    train_s = time.perf_counter() - start
+
+    best = callbacks[0].best_model_path or (str(last) if last.exists() else "")
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    # Testing on one device, in this process, whatever the training strategy (ddp_spawn included).
+    tester = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                        logger=loggers or False, enable_progress_bar=False, enable_checkpointing=False,
+                        default_root_dir=str(out))
+    start = time.perf_counter()
+    tester.test(module, datamodule=datamodule)
+    return {"split": datamodule.split.as_dict(), "labels": datamodule.labels,
+            "spacing": list(datamodule.spec.spacing or []), "subjects": module.test_results,
+            "checkpoint": best, "resumed_from": resumed_from, "epochs_trained": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "timings": {"train_s": train_s, "test_s": time.perf_counter() - start}}
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
+    """Run one job; returns the mean test Dice after registration (for sweepers)."""
+    out = Path(output_dir)
+    metrics_path = out / METRICS_FILE
+    if metrics_path.exists() and not cfg.force:
+        print(f"{metrics_path} exists: skipping this run (force=true re-runs it)")
+        return None
+    (out / FAILED_FILE).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+    try:
+        ensure_dataset(cfg.data)
+        if not cfg.method.learned:
+            raise RunError(f"method {cfg.method.name!r} is not a learned method")
+        result = train_and_test(cfg, out)
+    except (RunError, DatasetError) as err:
+        atomic_write_json(out / FAILED_FILE, {"error": str(err), "method": cfg.method.name, "fold": cfg.fold})
+        raise RunError(str(err)) from err
+    except Exception as err:
+        atomic_write_json(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}", "method": cfg.method.name,
+                                              "fold": cfg.fold, "traceback": traceback.format_exc()})
+        traceback.print_exc()
+        raise RunError(f"{type(err).__name__}: {err} (traceback in {out / FAILED_FILE})") from err
+    summary = summarise(result["subjects"], result["labels"])
+    atomic_write_json(metrics_path, {"method": cfg.method.name, "fold": cfg.fold, "seed": cfg.seed,
+                                     "name": cfg.name, "intermod_version": intermod.__version__,
+                                     **result, "summary": summary})
+    table = format_table(summary)
+    print(f"\n{cfg.method.name}, fold {cfg.fold}, test subjects {', '.join(result['subjects'])}:\n{table}\n")
+    print(f"wrote {metrics_path}")
+    return float(sum(row["dice_after"]["mean"] for row in summary.values()) / len(summary))

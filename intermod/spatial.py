@@ -1,0 +1,156 @@
+"""Spatial transformation layer T(phi, I) of Cao et al. 2018 (Sec. 2.3, Eq. 5).
+
+Conventions: tensors are (B, C, X, Y, Z); a displacement field ``phi`` is (B, 3, x, y, z) with
+components (d0, d1, d2) in voxel units along (X, Y, Z). Warping pulls back:
+``warped(p) = moving(p + offset + phi(p))``, where ``offset = (moving_size - field_size) // 2`` per
+axis lets a field cover only the central region of the moving image (the network maps 68^3 inputs to
+28^3 fields with the same centre).
+
+Eq. 5 is evaluated directly (floor, eight corner gathers, weights prod_d (1 - |p_d - y_d|)) rather
+than through ``torch.nn.functional.grid_sample``: grid_sample's normalise/unnormalise round trip of
+voxel coordinates is inexact in floating point, so a zero field would not reproduce the image
+bit-for-bit and a crop would not warp exactly like the whole volume. Here integer positions give
+weights of exactly 1 and 0, so a zero field (or an integer translation) is exact, and the result of
+a voxel depends only on its own position, never on the image size. Results agree with
+``scipy.ndimage.map_coordinates(order=1, mode="nearest")`` and grid_sample(align_corners=True).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["warp", "warp_labels", "crop_center", "field_offset", "SpatialTransformer"]
+
+MODES = ("bilinear", "nearest")
+PADDING_MODES = ("border", "zeros")
+
+
+def _spatial_size(size: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(size, int):
+        size = (size,) * 3
+    size = tuple(int(s) for s in size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"spatial size must be a positive int or 3 positive ints, got {size}")
+    return size
+
+
+def crop_center(x: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Centre crop of the spatial dims of ``x`` (B, C, X, Y, Z) to ``size`` (int or 3 ints).
+
+    The crop starts at ``(in_size - size) // 2`` per axis, the same offset that :func:`warp` uses
+    for a field covering the central region.
+    """
+    if x.ndim != 5:
+        raise ValueError(f"crop_center expects (B, C, X, Y, Z), got shape {tuple(x.shape)}")
+    size = _spatial_size(size)
+    if any(s > n for s, n in zip(size, x.shape[2:])):
+        raise ValueError(f"crop_center: size {size} exceeds the spatial shape {tuple(x.shape[2:])}")
+    starts = [(n - s) // 2 for s, n in zip(size, x.shape[2:])]
+    return x[..., starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1], starts[2]:starts[2] + size[2]]
+
+
+def field_offset(moving_size: Sequence[int], field_size: Sequence[int]) -> tuple[int, int, int]:
+    """Voxel offset of a central-region field inside the moving image; sizes must differ evenly."""
+    diffs = [int(m) - int(f) for m, f in zip(moving_size, field_size)]
+    if len(diffs) != 3 or any(d < 0 or d % 2 for d in diffs):
+        raise ValueError(
+            f"field size {tuple(field_size)} must be centred in moving size {tuple(moving_size)}: "
+            "each axis must be no larger and differ by an even number of voxels"
+        )
+    return tuple(d // 2 for d in diffs)
+
+
+def _check_inputs(moving: Tensor, phi: Tensor, mode: str, padding_mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if moving.ndim != 5:
+        raise ValueError(f"moving must be (B, C, X, Y, Z), got shape {tuple(moving.shape)}")
+    if phi.ndim != 5 or phi.shape[1] != 3:
+        raise ValueError(f"phi must be (B, 3, x, y, z), got shape {tuple(phi.shape)}")
+    if phi.shape[0] != moving.shape[0]:
+        raise ValueError(f"batch sizes differ: moving {tuple(moving.shape)} vs phi {tuple(phi.shape)}")
+    if not phi.is_floating_point():
+        raise ValueError(f"phi must be floating point, got {phi.dtype}")
+    if mode == "bilinear" and not moving.is_floating_point():
+        raise ValueError(f"bilinear warping needs a floating-point image, got {moving.dtype}; use warp_labels")
+
+
+def warp(moving: Tensor, phi: Tensor, mode: str = "bilinear", padding_mode: str = "border") -> Tensor:
+    """Warp ``moving`` (B, C, X, Y, Z) by the displacement ``phi`` (B, 3, x, y, z): T(phi, I), Eq. 5.
+
+    ``mode``: "bilinear" (tri-linear, Eq. 5) or "nearest" (for label maps; rounds half to even like
+    grid_sample). ``padding_mode``: "border" replicates edge voxels (as scipy's mode="nearest"),
+    "zeros" reads 0 outside the image. Returns (B, C, x, y, z): the field's spatial size. Gradients
+    flow to ``phi`` (and to ``moving`` if it requires them).
+    """
+    _check_inputs(moving, phi, mode, padding_mode)
+    size = moving.shape[2:]
+    offset = field_offset(size, phi.shape[2:])
+    batch, channels = moving.shape[:2]
+    # Sampling positions p = x + offset + phi(x), one (B, x, y, z) tensor per axis.
+    pos = []
+    for d in range(3):
+        view = [1, 1, 1]
+        view[d] = -1
+        grid = torch.arange(phi.shape[2 + d], device=phi.device, dtype=phi.dtype) + offset[d]
+        pos.append(phi[:, d] + grid.view(view))
+    flat = moving.flatten(2)
+
+    def gather(index: list[Tensor]) -> Tensor:
+        """Values at integer positions (one per axis); border clamps, zeros masks."""
+        inside = None
+        if padding_mode == "zeros":
+            inside = torch.stack([(i >= 0) & (i < n) for i, n in zip(index, size)]).all(0)
+        index = [i.clamp(0, n - 1) for i, n in zip(index, size)]
+        linear = (index[0] * size[1] + index[1]) * size[2] + index[2]
+        values = flat.gather(2, linear.flatten(1).unsqueeze(1).expand(-1, channels, -1))
+        values = values.view(batch, channels, *phi.shape[2:])
+        if inside is not None:
+            values = torch.where(inside.unsqueeze(1), values, torch.zeros_like(values))
+        return values
+
+    if mode == "nearest":
+        return gather([p.round().long() for p in pos])
+    lower = [p.floor() for p in pos]
+    frac = [p - lo for p, lo in zip(pos, lower)]
+    lower = [lo.long() for lo in lower]
+    warped = 0
+    for corner in itertools.product((0, 1), repeat=3):
+        weight = 1
+        for d, upper in enumerate(corner):
+            weight = weight * (frac[d] if upper else 1 - frac[d])
+        warped = warped + weight.unsqueeze(1) * gather([lo + c for lo, c in zip(lower, corner)])
+    return warped
+
+
+def warp_labels(labels: Tensor, phi: Tensor, padding_mode: str = "border") -> Tensor:
+    """Warp an integer label map (B, 1, X, Y, Z) by nearest neighbour; keeps the dtype and label set."""
+    if labels.ndim != 5 or labels.shape[1] != 1:
+        raise ValueError(f"labels must be (B, 1, X, Y, Z), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer (or bool) tensor, got {labels.dtype}")
+    return warp(labels, phi, mode="nearest", padding_mode=padding_mode)
+
+
+class SpatialTransformer(nn.Module):
+    """T(phi, I) as a parameter-free module (Sec. 2.3): ``forward(moving, phi) -> warped``."""
+
+    def __init__(self, mode: str = "bilinear", padding_mode: str = "border") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.mode = mode
+        self.padding_mode = padding_mode
+
+    def forward(self, moving: Tensor, phi: Tensor) -> Tensor:
+        return warp(moving, phi, mode=self.mode, padding_mode=self.padding_mode)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, padding_mode={self.padding_mode!r}"

@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from intermod.spatial import SpatialTransformer, crop_center, field_offset, warp, warp_labels
+
+
+def smooth_field(shape, amplitude, seed):
+    """(1, 3, *shape) float64 smooth random displacement of about +-amplitude voxels."""
+    rng = np.random.default_rng(seed)
+    phi = np.stack([gaussian_filter(rng.standard_normal(shape), 2.0) for _ in range(3)])
+    phi *= amplitude / np.abs(phi).max()
+    return torch.from_numpy(phi)[None]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_zero_field_is_exact_identity(mode):
+    torch.manual_seed(0)
+    moving = torch.randn(2, 2, 9, 10, 13)
+    full = warp(moving, torch.zeros(2, 3, 9, 10, 13), mode=mode)
+    assert torch.equal(full, moving)
+    central = warp(moving, torch.zeros(2, 3, 5, 4, 7), mode=mode)
+    assert central.shape == (2, 2, 5, 4, 7)
+    assert torch.equal(central, crop_center(moving, (5, 4, 7)))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_integer_translation_is_a_shift(mode):
+    torch.manual_seed(0)
+    moving = torch.randn(1, 1, 12, 14, 16)
+    phi = torch.zeros(1, 3, 6, 8, 10)  # offset (3, 3, 3)
+    phi[:, 0], phi[:, 1], phi[:, 2] = 2.0, -3.0, 1.0
+    expected = moving[..., 3 + 2:3 + 2 + 6, 3 - 3:3 - 3 + 8, 3 + 1:3 + 1 + 10]
+    assert torch.equal(warp(moving, phi, mode=mode), expected)
+
+
+def test_padding_modes_outside_the_image():
+    moving = torch.arange(1.0, 6.0).view(1, 1, 5, 1, 1).expand(1, 1, 5, 2, 3).contiguous()
+    phi = torch.zeros(1, 3, 5, 2, 3)
+    phi[:, 0] = 10.0  # every sample lands past the last X voxel
+    assert torch.equal(warp(moving, phi), torch.full_like(moving, 5.0))
+    assert torch.equal(warp(moving, phi, padding_mode="zeros"), torch.zeros_like(moving))
+
+
+def test_gradients_reach_phi():
+    torch.manual_seed(0)
+    moving = torch.randn(1, 1, 8, 9, 10)
+    phi = (0.3 * torch.randn(1, 3, 4, 5, 6)).requires_grad_()
+    warp(moving, phi).square().sum().backward()
+    assert phi.grad is not None
+    for d in range(3):  # every component gets a gradient
+        assert phi.grad[:, d].abs().sum() > 0
+
+
+@pytest.mark.parametrize("field_shape", [(8, 9, 11), (4, 5, 7)])
+def test_matches_scipy_map_coordinates(field_shape):
+    shape = (8, 9, 11)  # non-cubic: catches axis-order mistakes
+    vol = np.random.default_rng(1).standard_normal(shape)
+    phi = smooth_field(field_shape, amplitude=3.0, seed=2)  # also reaches outside the image
+    off = field_offset(shape, field_shape)
+    grid = np.meshgrid(*[np.arange(n) + o for n, o in zip(field_shape, off)], indexing="ij")
+    coords = np.stack([g + phi[0, d].numpy() for d, g in enumerate(grid)])
+    expected = map_coordinates(vol, coords, order=1, mode="nearest")
+    out = warp(torch.from_numpy(vol)[None, None], phi)[0, 0].numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_matches_grid_sample_with_zyx_grid():
+    """grid_sample's last grid dim is (z, y, x) for input dims (D, H, W) = (X, Y, Z)."""
+    shape = (7, 9, 12)
+    moving = torch.from_numpy(np.random.default_rng(3).standard_normal(shape))[None, None]
+    phi = smooth_field(shape, amplitude=2.0, seed=4)
+    pos = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))[None] + phi
+    norm = torch.stack([2 * pos[:, d] / (n - 1) - 1 for d, n in enumerate(shape)], -1).flip(-1)
+    expected = F.grid_sample(moving, norm, align_corners=True, padding_mode="border")
+    torch.testing.assert_close(warp(moving, phi), expected, atol=1e-10, rtol=0)
+
+
+def test_warp_labels_keeps_dtype_and_label_set():
+    labels = torch.from_numpy(np.random.default_rng(5).integers(0, 4, size=(1, 1, 8, 9, 10))).to(torch.uint8)
+    labels[labels == 2] = 7
+    phi = smooth_field((6, 7, 8), amplitude=2.5, seed=6).float()
+    out = warp_labels(labels, phi)
+    assert out.dtype == torch.uint8 and out.shape == (1, 1, 6, 7, 8)
+    assert set(out.unique().tolist()) <= {0, 1, 3, 7}
+    assert torch.equal(warp_labels(labels, torch.zeros(1, 3, 8, 9, 10)), labels)
+    with pytest.raises(ValueError, match="integer"):
+        warp_labels(labels.float(), phi)
+
+
+def test_spatial_transformer_wraps_warp():
+    torch.manual_seed(0)
+    moving, phi = torch.randn(1, 1, 6, 7, 8), torch.randn(1, 3, 4, 5, 6)
+    assert torch.equal(SpatialTransformer()(moving, phi), warp(moving, phi))
+    assert torch.equal(SpatialTransformer("nearest")(moving, phi), warp(moving, phi, mode="nearest"))
+
+
+def test_crop_center():
+    x = torch.arange(6 * 7 * 8).view(1, 1, 6, 7, 8)
+    assert torch.equal(crop_center(x, 4), x[..., 1:5, 1:5, 2:6])
+    assert torch.equal(crop_center(x, (2, 7, 3)), x[..., 2:4, :, 2:5])
+    with pytest.raises(ValueError, match="exceeds"):
+        crop_center(x, (7, 7, 8))
+
+
+@pytest.mark.parametrize(
+    "moving_shape, phi_shape, match",
+    [
+        ((1, 1, 8, 8, 8), (1, 3, 5, 6, 6), "even"),
+        ((1, 1, 8, 8, 8), (1, 3, 10, 8, 8), "even"),
+        ((1, 1, 8, 8, 8), (1, 2, 8, 8, 8), "phi must be"),
+        ((1, 8, 8, 8), (1, 3, 8, 8, 8), "moving must be"),
+        ((2, 1, 8, 8, 8), (1, 3, 8, 8, 8), "batch"),
+    ],
+)
+def test_invalid_shapes_raise(moving_shape, phi_shape, match):
+    with pytest.raises(ValueError, match=match):
+        warp(torch.zeros(moving_shape), torch.zeros(phi_shape))
+
+
+def test_invalid_options_raise():
+    moving, phi = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4)
+    with pytest.raises(ValueError, match="mode"):
+        warp(moving, phi, mode="bicubic")
+    with pytest.raises(ValueError, match="padding_mode"):
+        warp(moving, phi, padding_mode="reflection")
+    with pytest.raises(ValueError, match="floating-point"):
+        warp(moving.long(), phi)
