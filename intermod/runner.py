@@ -9,6 +9,7 @@ import fcntl
 import os
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -17,14 +18,16 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 import intermod
 from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
 from intermod.evaluation.report import format_table, summarise
 from intermod.io import atomic_write_json, atomic_write_text
+
+# Emitted by every Trainer.fit with torch 2.13 + Lightning 2.6 (see STACK-NOTES); not actionable.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
 
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
@@ -90,15 +93,16 @@ def make_loggers(cfg: DictConfig) -> list:
 
 
 def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list[ModelCheckpoint]:
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice_mean", mode="max", save_last=True,
+    """best.ckpt by validation Dice, and last.ckpt every few steps so a killed run loses little."""
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice_mean", mode="max",
                            auto_insert_metric_name=False)
-    # A second writer of last.ckpt mid-epoch, so that a killed run loses at most a few steps.
-    periodic = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=every_n_steps)
-    return [best, periodic]
+    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=every_n_steps)
+    return [best, last]
 
 
 def train_and_test(cfg: DictConfig, out: Path) -> dict:
-    data_cfg = OmegaConf.masked_copy(cfg.data, [k for k in cfg.data if k != "synthesize"])
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg.pop("synthesize", None)
     datamodule = instantiate(data_cfg)
     datamodule.setup()
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
@@ -106,11 +110,16 @@ def train_and_test(cfg: DictConfig, out: Path) -> dict:
     module.checkpoint_metadata = {
         "intermod_version": intermod.__version__, "method": cfg.method.name,
         "net": OmegaConf.to_container(cfg.model.net, resolve=True), "inference": cfg.model.inference,
-        "spacing": list(datamodule.spec.spacing or []), "patch_size": cfg.data.patch_size,
+        "spacing": list(datamodule.spec.spacing or []), "orientation": datamodule.orientation,
+        "patch_size": cfg.data.patch_size,
         "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
     loggers = make_loggers(cfg)
     ckpt_dir = out / "checkpoints"
     callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps)
+    if cfg.early_stopping_patience:
+        # The paper stopped "when the validation loss did not decrease significantly".
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
+                                       min_delta=1e-4))
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out))

@@ -110,7 +110,8 @@ def log_registration_figure(module, batch: dict, out: dict, stage: str, out_dir:
                               numpy(batch["ct_labels"]), numpy(batch["mr_labels"]), numpy(out["mr_labels_warped"]),
                               out["field"][0].float().cpu().numpy(), module.labels,
                               title=f"{stage} {subject}, epoch {module.current_epoch}")
-    path = save_figure(fig, Path(out_dir) / f"{stage}_{subject}_epoch{module.current_epoch:03d}.png")
+    name = f"{stage}_{subject}.png" if stage == "test" else f"{stage}_{subject}_epoch{module.current_epoch:03d}.png"
+    path = save_figure(fig, Path(out_dir) / name)
     for logger in module.loggers:
         if hasattr(logger, "log_image"):
             logger.log_image(key=f"{stage}/registration", images=[str(path)], caption=[subject],
