@@ -24,7 +24,7 @@ test-all: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m intermod.cli.demo
+	$(BIN)/intermod-train experiment=demo
 
 figure: $(STAMP)
 	$(BIN)/intermod-figure

@@ -46,7 +46,7 @@ class RegistrationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         phi = self(batch["ct"], batch["mr"])
         loss, parts = self.loss(phi.float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False, on_step=True, on_epoch=True,
+        self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "total"}, on_step=True, on_epoch=True,
                       batch_size=phi.shape[0])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=phi.shape[0])
         return loss

@@ -6,6 +6,7 @@ metrics.json exists, unless ``force=true``; a failed run leaves ``failed.json`` 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 import traceback
@@ -19,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import WandbLogger
 
 import intermod
 from intermod.data.layout import DatasetError, check_dataset
@@ -140,6 +142,9 @@ def train_and_test(cfg: DictConfig, out: Path) -> dict:
                         default_root_dir=str(out))
     start = time.perf_counter()
     tester.test(module, datamodule=datamodule)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # writes the run's summary and config; the process may go on
     return {"split": datamodule.split.as_dict(), "labels": datamodule.labels,
             "spacing": list(datamodule.spec.spacing or []), "subjects": module.test_results,
             "checkpoint": best, "resumed_from": resumed_from, "epochs_trained": trainer.current_epoch,
@@ -152,7 +157,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
     out = Path(output_dir)
     metrics_path = out / METRICS_FILE
     if metrics_path.exists() and not cfg.force:
-        print(f"{metrics_path} exists: skipping this run (force=true re-runs it)")
+        done = json.loads(metrics_path.read_text())
+        print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n{format_table(done['summary'])}")
         return None
     (out / FAILED_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,37 +1,53 @@
 """Classical CT->MR registration baselines with ANTsPy (Table 1 of Cao et al. 2018).
 
-* ``affine``: ANTs rigid+affine with Mattes mutual information, our stand-in for FLIRT with MI.
-* ``syn``: ANTs rigid+affine+SyN, Mattes MI in every stage, as in the paper's "SyN (ANTs, MI)".
+* ``affine``: ANTsPy ``Affine`` (one 12-dof stage) with Mattes mutual information, our stand-in for
+  FLIRT with MI.
+* ``syn``: ANTsPy ``SyN`` (an affine stage, then SyN), Mattes MI in both: the paper's
+  "SyN (ANTs, MI)".
 
-The CT is the fixed image, the MR the moving one. The result holds the MR and its labels resampled
-into the CT grid and the total (affine + deformable) displacement in voxels, pull-back convention:
-``warped(x) = moving(x + field[:, x])``, the same convention as ``intermod.spatial``.
+Both start from ANTs' alignment of the centres of intensity mass. The CT is the fixed image, the MR
+the moving one. The result holds the MR and its labels resampled into the CT grid (0 outside the MR
+grid) and the total (affine + deformable) displacement in voxels, pull-back convention:
+``warped(x) = moving(x + field[:, x])``, the convention of ``intermod.spatial``.
+
+Defaults (``DEFAULT_OPTIONS``; ``**options`` override them, e.g. from Hydra):
+
+* ``affine``: ANTsPy's own schedule, 2100x1200x1200x10 iterations at shrink factors 6x4x2x1 with
+  smoothing 3x2x1x0 voxels, 32 histogram bins, 20 % of the voxels sampled on a jittered grid. At
+  1 mm (218x196x100) the coarsest level is ~36x33x17 voxels, coarse enough to catch the few-cm
+  misalignment left after the inter-subject alignment. ANTsPy's ``SyN`` ignores these schedule
+  options: its affine stage is fixed at 2100x1200x1200x0 iterations, shrink factors 4x2x2x1 (the
+  bins and the sampling rate do apply).
+* ``syn``: ``reg_iterations=(100, 70, 20)`` at shrink factors 4x2x1 (ANTsPy derives them from the
+  length). ANTsPy's default ``(40, 20, 0)`` never optimises at full resolution, too coarse for the
+  prostate (~4 cm across); the schedule is ``antsRegistrationSyN.sh``'s 100x70x50x20 at 8x4x2x1
+  without its 8x level, a handful of voxels on a 2 mm pelvis. Gradient step 0.2, update-field
+  smoothing 3 voxels, no total-field smoothing: ANTsPy's defaults, the usual SyN[0.2,3,0].
+
+Determinism. The affine stages sample the MI at random. Two facts of ANTsPy 0.6.3 / ANTs:
+
+* ``ants.registration(random_seed=...)`` is swallowed by ``**kwargs`` and ignored; the seed given to
+  ``antsRegistration --random-seed`` comes from ``ants.config.set_ants_deterministic``. ANTs reads
+  a seed of 0 as "seed from the clock", so ANTs gets ``seed + 1``.
+* Even with a fixed seed, runs differ unless ITK runs single-threaded, and ITK honours
+  ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` only if it is in the environment from before ANTs is
+  imported (setting it later in the process changes nothing).
+
+So each registration runs in a fresh Python process whose environment sets the thread count
+(``threads=1`` by default: bit-identical results for a seed; ``threads=None`` leaves ITK's
+default of all cores, faster but not repeatable). Starting it and importing ANTs cost ~2-3 s per
+call, excluded from ``ClassicalResult.seconds``.
 
 ANTs writes its transforms (tens of MB per SyN warp) under the system temp folder and never removes
-them; every call here gets its own folder, removed on exit, also on error.
-
-Defaults (``DEFAULT_OPTIONS``, each can be overridden through ``**options``, e.g. from Hydra):
-
-* affine stage: ANTsPy's own schedule, 2100x1200x1200x10 iterations at shrink factors 6x4x2x1 with
-  smoothing 3x2x1x0 voxels, 32 histogram bins, 20 % of the voxels sampled on a jittered grid. At
-  1 mm (218x196x100) the coarsest level is ~36x33x17 voxels, coarse enough to capture the few-cm
-  misalignments left after the inter-subject alignment; at 2 mm it is ~18x16x8, still enough voxels
-  for a 32-bin joint histogram.
-* SyN stage: ``reg_iterations=(100, 70, 20)`` at shrink factors 4x2x1 (ANTsPy derives them from the
-  length). ANTsPy's default ``(40, 20, 0)`` never optimises the full resolution, too coarse for
-  the prostate (~4 cm); the schedule follows ``antsRegistrationSyN.sh`` (100x70x50x20 at 8x4x2x1)
-  without its 8x level, which is a handful of voxels on a 2 mm pelvis. Gradient step 0.2, update
-  field smoothing 3 voxels, no total-field smoothing (ANTsPy defaults, the usual SyN[0.2,3,0]).
-
-Determinism: the affine stages sample the MI on a randomly jittered grid. ANTsPy 0.6.3 silently
-swallows a ``random_seed=`` keyword; the seed it passes to ``antsRegistration --random-seed`` is read
-from ``ants.config._random_seed``, which ``register_classical`` sets for the call. ITK reads
-``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` only once per process, at its first multi-threaded call.
+them: every call gets a private folder (``ants_workdir``), removed on exit, also on error.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -56,9 +72,10 @@ DEFAULT_OPTIONS = {
     "total_sigma": 0,
 }
 
-# Set by register_classical itself: an option naming one of these is an error, not an override.
+# Set by register_classical itself: naming one of these in ``options`` is an error, not an override.
 _RESERVED = {"fixed", "moving", "type_of_transform", "outprefix", "aff_metric", "syn_metric",
              "random_seed", "initial_transform", "write_composite_transform", "verbose"}
+_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 @dataclass
@@ -66,9 +83,9 @@ class ClassicalResult:
     """The MR registered to the CT by a classical method."""
 
     warped: np.ndarray  # MR resampled into the CT grid, linear interpolation, float32
-    warped_labels: np.ndarray  # MR labels resampled with ANTs 'genericLabel', input dtype
+    warped_labels: np.ndarray  # MR labels resampled with ANTs 'genericLabel', the input dtype
     field: np.ndarray  # (3, X, Y, Z) float32 total displacement in voxels, pull-back
-    seconds: float  # wall time of registration + resampling + field composition
+    seconds: float  # registration + label resampling + field composition, without process start
 
 
 @contextmanager
@@ -82,41 +99,40 @@ def ants_workdir(prefix: str = "intermod-ants-"):
 
 
 def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, spacing, method: str,
-                       seed: int = 0, **options) -> ClassicalResult:
+                       seed: int = 0, *, threads: int | None = 1, **options) -> ClassicalResult:
     """Register the MR (moving) to the CT (fixed) with ANTs ``affine`` or ``syn`` and Mattes MI.
 
-    ``ct``, ``mr`` and ``mr_labels`` are (X, Y, Z) arrays on one grid of ``spacing`` mm. ``options``
-    override ``DEFAULT_OPTIONS`` or pass other keywords of ``ants.registration``.
+    ``ct``, ``mr`` and ``mr_labels`` are (X, Y, Z) arrays on one grid of ``spacing`` mm (origin 0,
+    identity direction). ``threads`` is ITK's thread count (None: all cores, not repeatable).
+    ``options`` override ``DEFAULT_OPTIONS`` or pass other keywords of ``ants.registration``
+    (numbers, strings, booleans and sequences of them).
     """
-    import ants  # heavy import (ITK): only when a classical baseline actually runs
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     spacing = _check_inputs(ct, mr, mr_labels, spacing)
-    kwargs = _registration_kwargs(options, ants)
+    if not 0 <= seed < 2**31 - 1:
+        raise ValueError(f"seed must be in [0, 2**31 - 1), got {seed}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    job = {"type_of_transform": METHODS[method], "spacing": spacing, "ants_seed": int(seed) + 1,
+           "options": _registration_options(options)}
 
-    start = time.perf_counter()
-    fixed = _to_ants(ct.astype(np.float32), spacing, ants)
-    moving = _to_ants(mr.astype(np.float32), spacing, ants)
-    labels = _to_ants(mr_labels.astype(np.float32), spacing, ants)  # exact for labels < 2**24
-    with ants_workdir() as workdir, _ants_seed(seed, ants):
-        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform=METHODS[method],
-                                aff_metric="mattes", syn_metric="mattes",
-                                outprefix=f"{workdir}/", **kwargs)
-        transforms = reg["fwdtransforms"]
-        not_inverted = [False] * len(transforms)
-        warped_labels = ants.apply_transforms(fixed, labels, transforms, interpolator="genericLabel",
-                                              whichtoinvert=not_inverted)
-        field = _displacement_voxels(fixed, moving, transforms, workdir, spacing, ants)
-    return ClassicalResult(
-        warped=reg["warpedmovout"].numpy().astype(np.float32),
-        warped_labels=np.rint(warped_labels.numpy()).astype(mr_labels.dtype),
-        field=field,
-        seconds=time.perf_counter() - start,
-    )
+    with ants_workdir() as workdir:
+        np.save(workdir / "ct.npy", ct.astype(np.float32))
+        np.save(workdir / "mr.npy", mr.astype(np.float32))
+        np.save(workdir / "labels.npy", mr_labels.astype(np.float32))
+        (workdir / "job.json").write_text(json.dumps(job))
+        _run_child(workdir, threads)
+        with np.load(workdir / "result.npz") as out:
+            return ClassicalResult(
+                warped=out["warped"],
+                warped_labels=np.rint(out["warped_labels"]).astype(mr_labels.dtype),
+                field=out["field"],
+                seconds=float(out["seconds"]),
+            )
 
 
-def _check_inputs(ct, mr, mr_labels, spacing) -> tuple[float, float, float]:
+def _check_inputs(ct, mr, mr_labels, spacing) -> list[float]:
     """Raise a clear error for inputs ANTs would reject late or misread; return the spacing."""
     arrays = {"ct": ct, "mr": mr, "mr_labels": mr_labels}
     for name, array in arrays.items():
@@ -130,60 +146,97 @@ def _check_inputs(ct, mr, mr_labels, spacing) -> tuple[float, float, float]:
             raise ValueError(f"{name} contains NaN")
     if not np.issubdtype(mr_labels.dtype, np.integer):
         raise ValueError(f"mr_labels must be an integer array, got dtype {mr_labels.dtype}")
-    spacing = tuple(float(s) for s in spacing)
+    if mr_labels.size and np.abs(mr_labels).max() >= 2**24:  # ANTs resamples them as float32
+        raise ValueError("mr_labels must be below 2**24 in absolute value")
+    spacing = [float(s) for s in spacing]
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be 3 positive floats (mm), got {spacing}")
     return spacing
 
 
-def _registration_kwargs(options: dict, ants) -> dict:
-    """Defaults merged with ``options``, checked against ``ants.registration``'s keywords.
+def _registration_options(options: dict) -> dict:
+    """``DEFAULT_OPTIONS`` updated by ``options``, checked against ``ants.registration``'s keywords.
 
     ANTsPy accepts and ignores unknown keywords, so a misspelt option would silently do nothing.
-    Sequences become tuples: ANTsPy formats the affine schedule only when given a tuple, and Hydra
-    hands over lists.
+    Sequences (Hydra hands over ListConfig) become lists, ready for JSON.
     """
     import inspect
+
+    import ants  # heavy (ITK): imported only when a classical baseline runs
 
     known = set(inspect.signature(ants.registration).parameters) - {"kwargs"}
     reserved = sorted(set(options) & _RESERVED)
     if reserved:
-        raise ValueError(f"options {reserved} are set by register_classical and cannot be overridden")
+        raise ValueError(f"options {reserved} are set by register_classical, not overridable")
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown ants.registration options {unknown}")
     merged = {**DEFAULT_OPTIONS, **options}
-    return {key: tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
-            for key, value in merged.items()}
+    return {key: list(value) if _is_sequence(value) else value for key, value in merged.items()}
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def _run_child(workdir: Path, threads: int | None) -> None:
+    """Run ``_register_files`` on ``workdir`` in a fresh process with ITK's thread count set."""
+    env = dict(os.environ)
+    if threads is not None:
+        env[_THREADS_ENV] = str(threads)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", __name__, str(workdir)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"ANTs registration failed (exit code {proc.returncode}):\n{tail}")
+
+
+def _register_files(workdir: Path) -> None:
+    """The child's work: read the job in ``workdir``, register, write ``result.npz`` there."""
+    import ants
+
+    job = json.loads((workdir / "job.json").read_text())
+    spacing = job["spacing"]
+    # ANTsPy formats an affine schedule only when it is a tuple.
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in job["options"].items()}
+    ants.config.set_ants_deterministic(False, job["ants_seed"])  # only sets --random-seed
+    fixed = _to_ants(np.load(workdir / "ct.npy"), spacing, ants)
+    moving = _to_ants(np.load(workdir / "mr.npy"), spacing, ants)
+    labels = _to_ants(np.load(workdir / "labels.npy"), spacing, ants)
+
+    start = time.perf_counter()
+    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform=job["type_of_transform"],
+                            aff_metric="mattes", syn_metric="mattes", outprefix=f"{workdir}/",
+                            **options)
+    transforms = reg["fwdtransforms"]
+    not_inverted = [False] * len(transforms)  # forward list: never invert, whatever ANTsPy guesses
+    warped_labels = ants.apply_transforms(fixed, labels, transforms, interpolator="genericLabel",
+                                          whichtoinvert=not_inverted)
+    composed = ants.apply_transforms(fixed, moving, transforms, compose=f"{workdir}/",
+                                     whichtoinvert=not_inverted)
+    field = _displacement_voxels(ants.image_read(composed).numpy(), spacing)
+    seconds = time.perf_counter() - start
+    np.savez(workdir / "result.npz", warped=reg["warpedmovout"].numpy().astype(np.float32),
+             warped_labels=warped_labels.numpy(), field=field, seconds=seconds)
 
 
 def _to_ants(array: np.ndarray, spacing, ants):
     """An ANTs image on our grid convention: origin 0, identity direction."""
-    return ants.from_numpy(array, origin=(0.0, 0.0, 0.0), spacing=spacing, direction=np.eye(3))
+    return ants.from_numpy(array, origin=(0.0, 0.0, 0.0), spacing=tuple(spacing),
+                           direction=np.eye(3))
 
 
-@contextmanager
-def _ants_seed(seed: int, ants):
-    """Make ANTsPy pass ``--random-seed seed`` to antsRegistration for the duration of the block."""
-    previous = ants.config._random_seed
-    ants.config._random_seed = int(seed)
-    try:
-        yield
-    finally:
-        ants.config._random_seed = previous
+def _displacement_voxels(composed_mm: np.ndarray, spacing) -> np.ndarray:
+    """(X, Y, Z, 3) mm displacement written by antsApplyTransforms -> (3, X, Y, Z) voxels.
 
-
-def _displacement_voxels(fixed, moving, transforms, workdir: Path, spacing, ants) -> np.ndarray:
-    """The forward transforms composed into one (3, X, Y, Z) pull-back displacement in voxels.
-
-    antsApplyTransforms writes the composition as a displacement field on the fixed grid mapping each
-    fixed point p to the moving point p + d(p), in mm; with origin 0 and identity direction on both
-    grids the voxel displacement is d / spacing.
+    The composed field maps each fixed point p to the moving point p + d(p); with origin 0 and
+    identity direction on both grids, physical axis i is array axis i and d / spacing is in voxels.
     """
-    path = ants.apply_transforms(fixed, moving, transforms, compose=f"{workdir}/",
-                                 whichtoinvert=[False] * len(transforms))
-    if path is None:
-        raise RuntimeError("antsApplyTransforms did not write the composed displacement field")
-    mm = ants.image_read(path).numpy()  # (X, Y, Z, 3)
-    voxels = mm / np.asarray(spacing)
+    voxels = composed_mm / np.asarray(spacing)
     return np.ascontiguousarray(np.moveaxis(voxels, -1, 0), dtype=np.float32)
+
+
+if __name__ == "__main__":
+    _register_files(Path(sys.argv[1]))
