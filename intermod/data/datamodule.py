@@ -1,0 +1,146 @@
+"""TorchIO pipeline: paired subjects, per-modality normalisation, x-flip augmentation, a patch queue."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import pytorch_lightning as pl
+import torch
+import torchio as tio
+from torch.utils.data import DataLoader, Dataset
+
+from intermod.data.layout import IMAGE_KEYS, LABEL_KEYS, DatasetSpec, load_dataset
+from intermod.data.splits import Split, make_split
+
+CT_KEYS = ("ct", "ct_paired")
+MR_KEYS = ("mr", "mr_paired")
+VOLUME_KEYS = IMAGE_KEYS + LABEL_KEYS
+
+
+def load_subject(spec: DatasetSpec, subject: str, flipped: bool = False) -> tio.Subject:
+    """A lazily loaded tio.Subject with the four images and two label maps of one subject."""
+    images = {k: tio.ScalarImage(spec.path(subject, k)) for k in IMAGE_KEYS}
+    labels = {k: tio.LabelMap(spec.path(subject, k)) for k in LABEL_KEYS}
+    return tio.Subject(**images, **labels, subject_id=subject, flipped=flipped)
+
+
+class FlipMarked(tio.Transform):
+    """The paper's x-flip augmentation: flips every image and label of subjects marked ``flipped``.
+
+    The flip is a fixed copy (2 pairs per subject, as in the paper), not a random transform.
+    """
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        return tio.Flip(axes=(0,))(subject) if subject["flipped"] else subject
+
+
+def normalisation(ct_window: Sequence[float] = (-1000.0, 1000.0),
+                  mr_percentiles: Sequence[float] = (0.5, 99.5)) -> tio.Compose:
+    """CT: a fixed HU window mapped to [0, 1] (same for CT and paired CT); MR: percentiles to [0, 1]."""
+    low, high = ct_window
+    return tio.Compose([
+        tio.Clamp(low, high, include=list(CT_KEYS)),
+        tio.RescaleIntensity((0, 1), in_min_max=(low, high), include=list(CT_KEYS)),
+        tio.RescaleIntensity((0, 1), percentiles=tuple(mr_percentiles), include=list(MR_KEYS)),
+        tio.Clamp(0, 1, include=list(MR_KEYS)),
+    ])
+
+
+def collate_patches(samples: list[tio.Subject]) -> dict[str, torch.Tensor]:
+    """Stack queue patches into {key: (B, 1, X, Y, Z)}; the module never sees TorchIO types."""
+    return {k: torch.stack([s[k][tio.DATA] for s in samples]) for k in VOLUME_KEYS}
+
+
+class WholeVolumes(Dataset):
+    """Whole normalised volumes for validation and testing, as plain tensors."""
+
+    def __init__(self, subjects: tio.SubjectsDataset):
+        self.subjects = subjects
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, index: int) -> dict:
+        subject = self.subjects[index]
+        item = {k: subject[k][tio.DATA] for k in IMAGE_KEYS}
+        item.update({k: subject[k][tio.DATA].round().long() for k in LABEL_KEYS})
+        item["subject_id"] = subject["subject_id"]
+        item["spacing"] = torch.tensor(subject["ct"].spacing, dtype=torch.float64)
+        return item
+
+
+class PairedDataModule(pl.LightningDataModule):
+    """Train on a tio.Queue of patches from paired subjects (and their x-flipped copies);
+    validate and test on whole volumes.
+
+    Training volumes are padded by ``margin`` (half of what the valid-convolution network loses per
+    axis), so every original voxel can be the centre of a patch's output region.
+    """
+
+    def __init__(self, root: str | Path, fold: int = 0, split_seed: int = 0, n_folds: int = 5,
+                 n_test: int = 2, n_val: int = 1, patch_size: int = 68, margin: int = 20,
+                 samples_per_volume: int = 64, queue_length: int = 256, batch_size: int = 2,
+                 num_workers: int = 0, flip_augment: bool = True, sampler: str = "uniform",
+                 ct_window: Sequence[float] = (-1000.0, 1000.0),
+                 mr_percentiles: Sequence[float] = (0.5, 99.5), pin_memory: bool = False):
+        super().__init__()
+        if sampler not in ("uniform", "label"):
+            raise ValueError(f"sampler must be 'uniform' or 'label', got {sampler!r}")
+        self.root = Path(root)
+        self.fold, self.split_seed = fold, split_seed
+        self.split_sizes = dict(n_folds=n_folds, n_test=n_test, n_val=n_val)
+        self.patch_size, self.margin = patch_size, margin
+        self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.flip_augment, self.sampler_name = flip_augment, sampler
+        self.normalise = normalisation(ct_window, mr_percentiles)
+        self.spec: DatasetSpec | None = None
+        self.split: Split | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.spec is not None:
+            return
+        self.spec = load_dataset(self.root)
+        self.split = make_split(self.spec.subjects, self.fold, self.split_seed, **self.split_sizes)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        self.setup()
+        return self.spec.labels
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes of the training grid (e.g. "RAS"), recorded in checkpoints for registration."""
+        self.setup()
+        return "".join(nib.aff2axcodes(nib.load(self.spec.path(self.spec.subjects[0], "ct")).affine))
+
+    def _sampler(self) -> tio.data.PatchSampler:
+        if self.sampler_name == "label":
+            # Organs and their surroundings matter for registration; background still gets half.
+            probabilities = {0: 1.0, **{v: 1.0 / len(self.spec.labels) for v in self.spec.labels.values()}}
+            return tio.LabelSampler(self.patch_size, label_name="ct_labels", label_probabilities=probabilities)
+        return tio.UniformSampler(self.patch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        flips = (False, True) if self.flip_augment else (False,)
+        subjects = [load_subject(self.spec, s, f) for s in self.split.train for f in flips]
+        transform = tio.Compose([self.normalise, FlipMarked(), tio.Pad(self.margin, padding_mode=0)])
+        queue = tio.Queue(tio.SubjectsDataset(subjects, transform=transform), self.queue_length,
+                          self.samples_per_volume, self._sampler(), num_workers=self.num_workers)
+        # The queue owns the workers and the shuffling; this loader only batches.
+        return DataLoader(queue, batch_size=self.batch_size, num_workers=0, collate_fn=collate_patches,
+                          pin_memory=self.pin_memory)
+
+    def _whole_volume_loader(self, names: Sequence[str]) -> DataLoader:
+        self.setup()
+        subjects = [load_subject(self.spec, s) for s in names]
+        return DataLoader(WholeVolumes(tio.SubjectsDataset(subjects, transform=self.normalise)), batch_size=1,
+                          num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._whole_volume_loader(self.split.val)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._whole_volume_loader(self.split.test)

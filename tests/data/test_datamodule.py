@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+
+from intermod.data.datamodule import PairedDataModule
+from intermod.data.layout import load_dataset
+
+
+@pytest.fixture
+def datamodule(tiny_dataset):
+    dm = PairedDataModule(tiny_dataset, fold=0, patch_size=44, samples_per_volume=3, queue_length=12, batch_size=2)
+    dm.setup()
+    return dm
+
+
+def test_queue_yields_paired_patches(datamodule):
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set(batch) == {"ct", "mr", "ct_paired", "mr_paired", "ct_labels", "mr_labels"}
+    for key, value in batch.items():
+        assert value.shape == (2, 1, 44, 44, 44), key
+    for key in ("ct", "mr", "ct_paired", "mr_paired"):
+        assert 0.0 <= batch[key].min() and batch[key].max() <= 1.0  # normalised
+    # One epoch: (train subjects x 2 flips) x samples per volume patches.
+    n_train = len(datamodule.split.train)
+    assert len(datamodule.train_dataloader().dataset) == n_train * 2 * 3
+
+
+def test_flip_is_applied_consistently_to_every_image(datamodule):
+    from intermod.data.datamodule import FlipMarked, load_subject
+
+    subject = load_subject(datamodule.spec, datamodule.split.train[0], flipped=True)
+    flipped = FlipMarked()(subject)
+    for key in ("ct", "mr", "ct_paired", "mr_paired", "ct_labels", "mr_labels"):
+        assert torch.equal(flipped[key].data, subject[key].data.flip(1)), key
+    original = load_subject(datamodule.spec, datamodule.split.train[0], flipped=False)
+    assert torch.equal(FlipMarked()(original)["ct"].data, original["ct"].data)
+
+
+def test_whole_volumes_for_validation(datamodule, tiny_dataset):
+    item = next(iter(datamodule.val_dataloader()))
+    spec = load_dataset(tiny_dataset)
+    assert item["subject_id"] == list(datamodule.split.val)
+    assert item["ct"].shape == (1, 1, 55, 49, 25)  # not padded: inference pads
+    assert item["ct_labels"].dtype == torch.int64
+    assert set(item["ct_labels"].unique().tolist()) == {0, *spec.labels.values()}
+    assert np.allclose(item["spacing"][0].numpy(), [4.0, 4.0, 4.0])
+
+
+def test_ct_normalisation_is_the_hu_window(datamodule):
+    item = next(iter(datamodule.val_dataloader()))
+    ct = item["ct"]
+    # Air (-1000 HU) maps to 0 and water (0 HU) to 0.5 with the default [-1000, 1000] window.
+    assert ct.min() == 0.0
+    urine = ct[item["ct_labels"] == 1]
+    assert 0.45 < urine.median() < 0.56
+
+
+def test_invalid_sampler_raises(tiny_dataset):
+    with pytest.raises(ValueError, match="sampler"):
+        PairedDataModule(tiny_dataset, sampler="random")
