@@ -71,13 +71,14 @@ class RegistrationModule(pl.LightningModule):
         metrics.update({f"val/asd_{organ}": v for organ, v in asd.items() if np.isfinite(v)})
         self.log_dict(metrics, batch_size=1, sync_dist=True)
         if batch_idx == 0 and self.figure_callback is not None and not self.trainer.sanity_checking:
-            self.figure_callback(self, batch, out, stage="val")
+            self.figure_callback(batch, out, self.labels, stage="val", loggers=self.loggers,
+                                 epoch=self.current_epoch, step=self.global_step)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self._register(batch)
         self.test_results[batch["subject_id"][0]] = self._evaluate(batch, out)
         if self.figure_callback is not None:
-            self.figure_callback(self, batch, out, stage="test")
+            self.figure_callback(batch, out, self.labels, stage="test", loggers=self.loggers)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -25,13 +25,15 @@ from pytorch_lightning.loggers import WandbLogger
 import intermod
 from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
-from intermod.evaluation.report import format_table, summarise
+from intermod.evaluation.report import evaluate_subject, format_table, summarise
 from intermod.io import atomic_write_json, atomic_write_text
+from intermod.spatial import warp, warp_labels
 
 # Emitted by every Trainer.fit with torch 2.13 + Lightning 2.6 (see STACK-NOTES); not actionable.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
 
 METRICS_FILE = "metrics.json"
+TABLE_COLUMNS = ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_before", "hd95_after")
 FAILED_FILE = "failed.json"
 
 
@@ -102,11 +104,16 @@ def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list[ModelCheckp
     return [best, last]
 
 
-def train_and_test(cfg: DictConfig, out: Path) -> dict:
+def make_datamodule(cfg: DictConfig):
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     data_cfg.pop("synthesize", None)
     datamodule = instantiate(data_cfg)
     datamodule.setup()
+    return datamodule
+
+
+def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict:
+    """Train the network on patches, then register the test subjects with the best checkpoint."""
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
                          figure_callback=partial(log_registration_figure, out_dir=str(out / "figures")))
     module.checkpoint_metadata = {
@@ -115,7 +122,6 @@ def train_and_test(cfg: DictConfig, out: Path) -> dict:
         "spacing": list(datamodule.spec.spacing or []), "orientation": datamodule.orientation,
         "patch_size": cfg.data.patch_size,
         "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
-    loggers = make_loggers(cfg)
     ckpt_dir = out / "checkpoints"
     callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps)
     if cfg.early_stopping_patience:
@@ -142,14 +148,48 @@ def train_and_test(cfg: DictConfig, out: Path) -> dict:
                         default_root_dir=str(out))
     start = time.perf_counter()
     tester.test(module, datamodule=datamodule)
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # writes the run's summary and config; the process may go on
-    return {"split": datamodule.split.as_dict(), "labels": datamodule.labels,
-            "spacing": list(datamodule.spec.spacing or []), "subjects": module.test_results,
-            "checkpoint": best, "resumed_from": resumed_from, "epochs_trained": trainer.current_epoch,
-            "global_step": trainer.global_step,
+    return {"subjects": module.test_results, "checkpoint": best, "resumed_from": resumed_from,
+            "epochs_trained": trainer.current_epoch, "global_step": trainer.global_step,
             "timings": {"train_s": train_s, "test_s": time.perf_counter() - start}}
+
+
+def register_classically(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict:
+    """Register the test subjects with an ANTs baseline; no training. Labels are warped with the
+    returned field by intermod's own nearest-neighbour warp, exactly as for the networks."""
+    from intermod.baselines.ants import register_classical
+
+    options = OmegaConf.to_container(cfg.method.options, resolve=True) if cfg.method.get("options") else {}
+    subjects, seconds = {}, []
+    for batch in datamodule.test_dataloader():
+        def numpy(key):
+            return batch[key][0, 0].numpy()
+        spacing = batch["spacing"][0].tolist()
+        result = register_classical(numpy("ct"), numpy("mr"), numpy("mr_labels"), spacing, cfg.method.name,
+                                    seed=cfg.seed, **options)
+        field = torch.from_numpy(result.field)[None]
+        registered = {"field": field, "mr_warped": warp(batch["mr"], field),
+                      "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
+        subject = batch["subject_id"][0]
+        subjects[subject] = evaluate_subject(numpy("ct_labels"), numpy("mr_labels"),
+                                             registered["mr_labels_warped"][0, 0].numpy(), result.field,
+                                             datamodule.labels, spacing)
+        subjects[subject]["seconds"] = result.seconds
+        seconds.append(result.seconds)
+        log_registration_figure(batch, registered, datamodule.labels, str(out / "figures"), "test", loggers)
+    return {"subjects": subjects, "timings": {"register_s": seconds}}
+
+
+def log_test_results(loggers: list, subjects: dict, summary: dict) -> None:
+    """Test metrics to every logger; to W&B also a per-subject table. Then close the W&B run."""
+    means = {f"test/{m}_{organ}": row[m]["mean"] for organ, row in summary.items()
+             for m in ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_after")}
+    for logger in loggers:
+        logger.log_metrics(means)
+        if isinstance(logger, WandbLogger):
+            rows = [[subject, organ, *(values[k] for k in TABLE_COLUMNS)] for subject, result in subjects.items()
+                    for organ, values in result["organs"].items()]
+            logger.log_table("test/per_subject", columns=["subject", "organ", *TABLE_COLUMNS], data=rows)
+            logger.experiment.finish()  # writes the run's files; the process may go on
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
@@ -166,9 +206,14 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     try:
         ensure_dataset(cfg.data)
-        if not cfg.method.learned:
-            raise RunError(f"method {cfg.method.name!r} is not a learned method")
-        result = train_and_test(cfg, out)
+        datamodule = make_datamodule(cfg)
+        loggers = make_loggers(cfg)
+        method = train_and_test if cfg.method.learned else register_classically
+        result = method(cfg, out, datamodule, loggers)
+        result.update(split=datamodule.split.as_dict(), labels=datamodule.labels,
+                      spacing=list(datamodule.spec.spacing or []))
+        summary = summarise(result["subjects"], result["labels"])
+        log_test_results(loggers, result["subjects"], summary)
     except (RunError, DatasetError) as err:
         atomic_write_json(out / FAILED_FILE, {"error": str(err), "method": cfg.method.name, "fold": cfg.fold})
         raise RunError(str(err)) from err
@@ -177,7 +222,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
                                               "fold": cfg.fold, "traceback": traceback.format_exc()})
         traceback.print_exc()
         raise RunError(f"{type(err).__name__}: {err} (traceback in {out / FAILED_FILE})") from err
-    summary = summarise(result["subjects"], result["labels"])
     atomic_write_json(metrics_path, {"method": cfg.method.name, "fold": cfg.fold, "seed": cfg.seed,
                                      "name": cfg.name, "intermod_version": intermod.__version__,
                                      **result, "summary": summary})

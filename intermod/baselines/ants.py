@@ -118,8 +118,10 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
            "options": _registration_options(options)}
 
     with ants_workdir() as workdir:
-        np.save(workdir / "ct.npy", ct.astype(np.float32))
-        np.save(workdir / "mr.npy", mr.astype(np.float32))
+        # ANTs initialises by aligning centres of intensity mass: with CT in HU (air -1000) that
+        # centre is meaningless and the affine stage diverges. MI ignores the shift to a zero minimum.
+        np.save(workdir / "ct.npy", (ct - ct.min()).astype(np.float32))
+        np.save(workdir / "mr.npy", (mr - mr.min()).astype(np.float32))
         np.save(workdir / "labels.npy", mr_labels.astype(np.float32))
         (workdir / "job.json").write_text(json.dumps(job))
         _run_child(workdir, threads)

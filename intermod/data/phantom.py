@@ -593,15 +593,15 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
 
     ry0 = u(11, 16)
     z0 = cp[2]
-    rectum = _Tube(z0=z0, cx=(n(3.0), n(3.0), n(4.0)),
+    rectum = _Tube(z0=z0, cx=(n(2.0), n(2.0), n(3.0)),
                    cy=(cp[1] - rp[1] - u(1.5, 4) - ry0, -u(12, 22), -u(0, 8)),
                    rx=u(13, 20), ry=ry0, flare=(u(-0.05, 0.15), n(0.05)), z_anal=cp[2] - rp[2] - u(0, 6))
-    gas_level = (u(0.1, 1.1), u(0.0, 0.4))
+    gas_level = (u(0.1, 0.7), u(0.0, 0.4))
     bubbles = []
     for _ in range(int(rng.integers(1, 4))):
         z = u(cp[2] - 5, 45)
         c = rectum.centre_at(z)
-        bubbles.append(_Ellipsoid((float(c[0] + n(4)), float(c[1] + n(3)), z), (u(2, 5),) * 3))
+        bubbles.append(_Ellipsoid((float(c[0] + n(3)), float(c[1] + n(2)), z), (u(3, 6),) * 3))
 
     # Bones. Femoral heads and the pubic symphysis anchor the hip bones.
     rf = u(21, 25)

@@ -101,19 +101,19 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-def log_registration_figure(module, batch: dict, out: dict, stage: str, out_dir: str) -> Path:
-    """Figure callback of the LightningModule: save the registration figure and send it to W&B."""
+def log_registration_figure(batch: dict, out: dict, labels: dict[str, int], out_dir: str, stage: str,
+                            loggers=(), epoch: int | None = None, step: int | None = None) -> Path:
+    """Save the registration figure of one whole-volume batch (size 1) and send it to W&B loggers."""
     def numpy(t):
         return t[0].squeeze(0).float().cpu().numpy()
     subject = batch["subject_id"][0]
+    when = f", epoch {epoch}" if epoch is not None else ""
     fig = registration_figure(numpy(batch["ct"]), numpy(batch["mr"]), numpy(out["mr_warped"]),
                               numpy(batch["ct_labels"]), numpy(batch["mr_labels"]), numpy(out["mr_labels_warped"]),
-                              out["field"][0].float().cpu().numpy(), module.labels,
-                              title=f"{stage} {subject}, epoch {module.current_epoch}")
-    name = f"{stage}_{subject}.png" if stage == "test" else f"{stage}_{subject}_epoch{module.current_epoch:03d}.png"
-    path = save_figure(fig, Path(out_dir) / name)
-    for logger in module.loggers:
+                              out["field"][0].float().cpu().numpy(), labels, title=f"{stage} {subject}{when}")
+    name = f"{stage}_{subject}" + (f"_epoch{epoch:03d}" if epoch is not None else "")
+    path = save_figure(fig, Path(out_dir) / f"{name}.png")
+    for logger in loggers:
         if hasattr(logger, "log_image"):
-            logger.log_image(key=f"{stage}/registration", images=[str(path)], caption=[subject],
-                             step=module.global_step)
+            logger.log_image(key=f"{stage}/registration", images=[str(path)], caption=[subject], step=step)
     return path

@@ -237,3 +237,15 @@ def test_rejects_unknown_and_reserved_options():
         register_classical(*small_inputs(), SPACING, "syn", reg_iteration=(10, 0))
     with pytest.raises(ValueError, match="syn_metric"):
         register_classical(*small_inputs(), SPACING, "syn", syn_metric="CC")
+
+
+def test_ct_in_hounsfield_units_registers_like_shifted_ct():
+    """Negative HU (air -1000) must not break ANTs' centre-of-mass initialisation (it did)."""
+    from intermod.data.phantom import GRIDS, synthesize_subject
+
+    subject = synthesize_subject(3, GRIDS["tiny"])
+    before = [dice(subject["ct_labels"], subject["mr_labels"], v) for v in (1, 2, 3)]
+    result = register_classical(subject["ct"], subject["mr"], subject["mr_labels"], GRIDS["tiny"].spacing, "affine")
+    after = [dice(subject["ct_labels"], result.warped_labels, v) for v in (1, 2, 3)]
+    assert np.mean(after) > np.mean(before) - 0.01, (before, after)
+    assert min(after) > 0.75
