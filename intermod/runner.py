@@ -27,10 +27,11 @@ from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
 from intermod.evaluation.report import evaluate_subject, format_table, summarise
 from intermod.io import atomic_write_json, atomic_write_text
+from intermod.wandb_mode import offline_unless_logged_in
 from intermod.spatial import warp, warp_labels
 
 # Emitted by every Trainer.fit with torch 2.13 + Lightning 2.6 (see STACK-NOTES); not actionable.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 METRICS_FILE = "metrics.json"
 TABLE_COLUMNS = ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_before", "hd95_after")
@@ -73,21 +74,10 @@ def ensure_dataset(data_cfg: DictConfig) -> Path:
     return root
 
 
-def wandb_offline_unless_logged_in() -> bool:
-    """True (and W&B set offline) when no API key is available; runs can be uploaded later."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return os.environ.get("WANDB_MODE") in ("offline", "dryrun")
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return False
-    os.environ["WANDB_MODE"] = "offline"
-    return True
-
-
 def make_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if "WandbLogger" in logger_cfg._target_ and wandb_offline_unless_logged_in():
+        if "WandbLogger" in logger_cfg._target_ and offline_unless_logged_in():
             logger_cfg = OmegaConf.merge(logger_cfg, {"offline": True})
             print("W&B: no API key found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`")
         loggers.append(instantiate(logger_cfg))

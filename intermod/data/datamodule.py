@@ -8,7 +8,7 @@ import nibabel as nib
 import pytorch_lightning as pl
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from intermod.data.layout import IMAGE_KEYS, LABEL_KEYS, DatasetSpec, load_dataset
 from intermod.data.splits import Split, make_split
@@ -127,8 +127,14 @@ class PairedDataModule(pl.LightningDataModule):
         flips = (False, True) if self.flip_augment else (False,)
         subjects = [load_subject(self.spec, s, f) for s in self.split.train for f in flips]
         transform = tio.Compose([self.normalise, FlipMarked(), tio.Pad(self.margin, padding_mode=0)])
-        queue = tio.Queue(tio.SubjectsDataset(subjects, transform=transform), self.queue_length,
-                          self.samples_per_volume, self._sampler(), num_workers=self.num_workers)
+        dataset = tio.SubjectsDataset(subjects, transform=transform)
+        # Under DDP each rank draws patches from its own share of the subjects (TorchIO's recipe);
+        # the trainer must then not wrap the queue in another DistributedSampler.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        subject_sampler = DistributedSampler(dataset, shuffle=True, seed=self.split_seed) if distributed else None
+        queue = tio.Queue(dataset, self.queue_length, self.samples_per_volume, self._sampler(),
+                          subject_sampler=subject_sampler, shuffle_subjects=subject_sampler is None,
+                          num_workers=self.num_workers)
         # The queue owns the workers and the shuffling; this loader only batches.
         return DataLoader(queue, batch_size=self.batch_size, num_workers=0, collate_fn=collate_patches,
                           pin_memory=self.pin_memory)

@@ -17,8 +17,8 @@ subject. The organ labels (LABELS) are unions of tissue classes, so labels and i
 Two scans of one subject differ by a deformation. The CT (fixed image) shows the anatomy at its
 voxel positions x; the MR (moving image) shows the anatomy at phi(y) for its voxel positions y,
 where phi(y) = A(y) + l(A(y)) with
-  * A a residual affine misalignment (about 1 degree rotation per axis, |angle| <= 2 degrees,
-    <= 2 % scale per axis, so |det A| in [0.94, 1.06], <= 2.5 mm translation), and
+  * A a residual affine misalignment (rotation ~0.8 degree per axis, at most 2; scale within 2 %
+    per axis, so det A in [0.94, 1.06]; translation within 2 mm per axis), and
   * l a local deformation: a sum of Gaussian-windowed bumps -- radial bladder filling/emptying about
     the bladder centre plus a dome shift, a few-mm prostate displacement, rectal distension and
     shift at three levels, and two broad soft-tissue shifts.
@@ -31,24 +31,28 @@ paper: mr_paired = warp(mr, u) and ct_paired = warp(ct, w) (trilinear, scipy map
 
 No folding, guaranteed
 ----------------------
-The bumps are rescaled by one factor so that (i) the Frobenius norm of the Jacobian of l, evaluated
-in closed form on a <= 2 mm lattice over the field of view, is <= 0.45 (so <= 0.5 on the image
-grids; spacing is isotropic, so voxel and mm Jacobians coincide), and (ii) the sum over bumps of
-each bump's closed-form supremum of its Jacobian's spectral norm -- a Lipschitz bound for l valid
-in all of R^3 -- is <= 0.9. By (ii), q -> q + l(q) is a diffeomorphism: if q1 + l(q1) = q2 +
-l(q2) then |q1 - q2| = |l(q1) - l(q2)| <= 0.9 |q1 - q2|, so q1 = q2 (injective); I + J_l is
-invertible everywhere (local diffeomorphism); and, l being bounded, the map is onto. phi composes it
-with an invertible affine map, so it is a diffeomorphism too and neither field folds. Its inverse
-is found by the fixed-point iteration q <- x - l(q), a contraction (factor <= 0.9, in practice the
-local Jacobian norm, <= 0.5): first on the lattice, then, upsampled, on the full grid, evaluating l
-exactly at the iterates; then x + u(x) = A^-1(q).
+Let N(p) = min(Frobenius norm, sqrt(max row sum * max column sum of |entries|)) of the Jacobian
+J_l(p), both upper bounds of its spectral norm, evaluated in closed form. The bumps are rescaled by
+one common factor so that, over a lattice of spacing <= 2 mm covering a box D,
+  (i) max N <= 0.45 -- so the local Jacobian norm stays <= 0.5 on the image grids (as the tests
+      check; voxel and mm Jacobians coincide, the spacing being isotropic), and
+  (ii) L = max N + (half a lattice-cell diagonal) * (closed-form Lipschitz constant of J_l) <= 0.9,
+      a rigorous bound of the spectral norm of J_l everywhere in D, between lattice points too.
+D is the field of view grown by how far A moves it plus the closed-form bound of sup |l|, so it
+holds A(y) for every voxel y and the ball B(x, sup |l|) around every voxel x. D being convex,
+|l(q1) - l(q2)| <= L |q1 - q2| with L < 1 there, so q -> q + l(q) is injective on D with
+det(I + J_l) > 0: phi = (id + l) o A is a diffeomorphism onto its image and neither field folds.
+Its inverse: for a voxel x, q <- x - l(q) maps B(x, sup |l|) into itself and contracts by L, so it
+converges to the unique q with q + l(q) = x (Banach) and x + u(x) = A^-1(q). It is run on the 2 mm
+lattice, upsampled, then run again on the full grid (to 2e-3 mm), l evaluated exactly each time.
 
 Contrast: the CT is in HU with realistic low soft-tissue contrast (muscle, prostate, bladder and
 rectal walls 35-55 HU, urine ~10, fat ~-100, marrow ~250, cortex 1000-1400, gas and outside air
--1000) plus textures, a small point-spread blur and Gaussian noise. The MR is T2-weighted-like
-(urine and fat bright, muscle dark, prostate intermediate with a brighter peripheral zone, cortex and
-gas dark, fatty marrow fairly bright) with textures, blur, a smooth multiplicative bias field and
-Rician noise. Textures are smooth random fields made on coarse lattices and upsampled.
+-1000), textures and Gaussian noise. The MR is T2-weighted-like (urine and fat bright, muscle dark,
+prostate intermediate with a brighter peripheral zone, cortex and gas dark, fatty marrow fairly
+bright) with textures, a smooth multiplicative bias field and Rician noise. Textures are smooth
+random fields made on coarse lattices and upsampled. Both are blurred by a scanner point spread
+combined with a half-voxel anti-aliasing blur, so thin walls show partial volume.
 
 Everything is drawn from np.random.default_rng(seed) alone: the same seed gives identical arrays,
 and the anatomy and deformation of a seed do not depend on the grid (only textures and noise do).
@@ -303,9 +307,9 @@ class Deformation:
 
 def _sample_deformation(rng: np.random.Generator, anatomy: "_Anatomy") -> Deformation:
     """Affine residual plus unscaled local bumps centred on the organs (mm)."""
-    angles = np.clip(rng.normal(0.0, 1.0, 3), -2.0, 2.0) * np.pi / 180
+    angles = np.clip(rng.normal(0.0, 0.8, 3), -2.0, 2.0) * np.pi / 180
     matrix = _rotation(angles) @ np.diag(1 + rng.uniform(-0.02, 0.02, 3))
-    shift = rng.uniform(-2.5, 2.5, 3)
+    shift = rng.uniform(-2.0, 2.0, 3)
     sign = lambda: rng.choice([-1.0, 1.0])  # noqa: E731
     centres, sigmas, amps, radial = [], [], [], []
 
@@ -321,13 +325,13 @@ def _sample_deformation(rng: np.random.Generator, anatomy: "_Anatomy") -> Deform
     bump(cb + [0, 0, 0.7 * rb[2]], 0.6 * rb.mean(),                 # the dome moves most
          amp=(rng.normal(0, 1.5), rng.normal(0, 2.0), sign() * rng.uniform(2.0, 5.0)))
     cp = np.array(anatomy.prostate.centre)
-    bump(cp, rng.uniform(14, 18), amp=(rng.normal(0, 1.2), sign() * rng.uniform(2.5, 5.0),
-                                        sign() * rng.uniform(1.5, 4.0)))
+    bump(cp, rng.uniform(14, 18), amp=(rng.normal(0, 1.0), sign() * rng.uniform(2.0, 4.0),
+                                        sign() * rng.uniform(1.5, 3.5)))
     rectum = anatomy.rectum
     for z in (cp[2] + rng.uniform(-10, 5), cp[2] + rng.uniform(20, 35), rng.uniform(cp[2] + 50, 50)):
         rate = sign() * rng.uniform(0.15, 0.3)                    # distension in the axial plane
-        bump(rectum.centre_at(z), rng.uniform(14, 20), amp=(sign() * rng.uniform(1.5, 4), sign() * rng.uniform(1.5, 4), 0),
-             rate=(rate, rate, 0.0))
+        push = (sign() * rng.uniform(1.5, 4), sign() * rng.uniform(1.5, 4), 0.0)
+        bump(rectum.centre_at(z), rng.uniform(14, 20), amp=push, rate=(rate, rate, 0.0))
     for _ in range(2):                                            # posture: broad soft-tissue shifts
         bump(rng.uniform(-0.35, 0.35, 3) * _FOV_MM, rng.uniform(35, 50), amp=rng.normal(0, 1.2, 3))
     return Deformation(matrix, shift, np.array(centres, float), np.array(sigmas, float),
@@ -567,11 +571,13 @@ class _Anatomy:
 
 
 def _eps(rng, scale, bias=None):
+    """Boundary perturbation coefficients; sum |e| <= 0.45 keeps 1 + eps(n) >= 0.55 (star-shaped)."""
     e = rng.normal(0.0, scale, 12)
     if bias:
         for i, v in bias.items():
             e[i] += v
-    return tuple(float(v) for v in np.clip(e, -2.5 * scale - 0.1, 2.5 * scale + 0.1))
+    e *= min(1.0, 0.45 / np.abs(e).sum())
+    return tuple(float(v) for v in e)
 
 
 def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:

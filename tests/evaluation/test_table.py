@@ -1,0 +1,237 @@
+"""Tests for intermod.evaluation.table and intermod-table1 on fake multirun folders with known numbers."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from intermod.cli.table1 import main
+from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, build_table, collect, paired_wilcoxon, to_latex,
+                                      to_markdown)
+
+PELVIS = ("bladder", "prostate", "rectum")
+
+
+def write_job(root, method, fold, subjects, seed=0, labels=PELVIS, name="table1"):
+    """A job folder as a Hydra sweep lays it out; subjects: {subject: {organ: (dice, asd)}}."""
+    folder = root / method / f"fold{fold}-seed{seed}"
+    folder.mkdir(parents=True)
+    results = {s: {"organs": {o: {"dice_before": 0.5, "asd_before": 9.0, "hd95_before": 20.0,
+                                  "dice_after": d, "asd_after": a, "hd95_after": 5.0}
+                              for o, (d, a) in organs.items()}, "folding": None}
+               for s, organs in subjects.items()}
+    payload = {"method": method, "fold": fold, "seed": seed, "name": name,
+               "labels": {o: i + 1 for i, o in enumerate(labels)}, "subjects": results, "summary": {}}
+    (folder / "metrics.json").write_text(json.dumps(payload))
+    return folder
+
+
+def write_failure(root, method, fold, error, seed=0):
+    folder = root / method / f"fold{fold}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "failed.json").write_text(json.dumps({"error": error, "method": method, "fold": fold}))
+    return folder
+
+
+def same_for_all(dice, asd, organs=PELVIS):
+    return {o: (dice, asd) for o in organs}
+
+
+def random_multirun(root, methods, folds, per_fold, seed=0, shift=None):
+    """Every method on every fold with random values; ``shift`` adds per-method offsets to Dice."""
+    rng = np.random.default_rng(seed)
+    shift = shift or {}
+    for fold in folds:
+        for method in methods:
+            subjects = {f"sub-{fold}{k}": {o: (0.8 + shift.get(method, 0) + 0.05 * rng.standard_normal(),
+                                             2.0 + 0.3 * rng.standard_normal()) for o in PELVIS}
+                        for k in range(per_fold)}
+            write_job(root, method, fold, subjects)
+
+
+def test_cells_are_the_mean_and_sample_std_over_subjects_of_all_folds(tmp_path):
+    # fold 0: sub-a, sub-b; fold 1: sub-c, sub-d. Dice 0.80, 0.90, 0.70, 0.84 (affine) and ASD 2, 3, 1, 4.
+    affine = [(0.80, 2.0), (0.90, 3.0), (0.70, 1.0), (0.84, 4.0)]
+    dual = [(0.88, 2.5), (0.92, 3.5), (0.86, 1.5), (0.90, 4.5)]  # better Dice, worse ASD
+    for method, values in (("affine", affine), ("dual", dual)):
+        write_job(tmp_path, method, 0, {"sub-a": same_for_all(*values[0]), "sub-b": same_for_all(*values[1])})
+        write_job(tmp_path, method, 1, {"sub-c": same_for_all(*values[2]), "sub-d": same_for_all(*values[3])})
+    table = build_table(collect(tmp_path))
+
+    assert table.methods == ["affine", "dual"] and table.organs == list(PELVIS)
+    dice = np.array([v[0] for v in affine]) * 100
+    cell = table.cells["dice", "prostate", "affine"]
+    assert (cell.mean, cell.std, cell.n, cell.n_nan) == (pytest.approx(dice.mean()), pytest.approx(dice.std(ddof=1)),
+                                                          4, 0)
+    assert table.cells["asd", "rectum", "dual"].std == pytest.approx(np.std([2.5, 3.5, 1.5, 4.5], ddof=1))
+    markdown = to_markdown(table)
+    # Dice: affine 81.0 ± 8.4, dual 89.0 ± 2.6 (bold, highest); ASD: affine 2.50 ± 1.29 (bold, lowest),
+    # dual 3.00 ± 1.29
+    assert "| DSC (%) | bladder | 81.0 ± 8.4 | **89.0 ± 2.6** |" in markdown
+    assert "|  | prostate | 81.0 ± 8.4 | **89.0 ± 2.6** |" in markdown
+    assert "| ASD (mm) | bladder | **2.50 ± 1.29** | 3.00 ± 1.29 |" in markdown
+    assert "- Affine: n = 4 subjects from 2 of 2 folds" in markdown
+    assert "\\textbf{89.0 $\\pm$ 2.6}" in to_latex(table) and "\\textbf{2.50 $\\pm$ 1.29}" in to_latex(table)
+    assert "## Reference: Cao et al., MLMI 2018, Table 1" in markdown
+    paper_row = "| ASD (mm) | bladder | 1.83 ± 0.71 | 1.69 ± 0.63 | 1.51 ± 0.57 | 1.47 ± 0.51 | 1.23 ± 0.43 |"
+    assert paper_row in markdown
+
+
+def test_nan_values_are_left_out_and_counted_and_seeds_average_per_subject(tmp_path):
+    # an empty organ: NaN as Python's json writes it, or null
+    write_job(tmp_path, "ct", 0, {"s1": same_for_all(0.8, 1.0),
+                                  "s2": {**same_for_all(0.6, 3.0), "rectum": (math.nan, math.nan)}})
+    write_job(tmp_path, "ct", 0, {"s1": same_for_all(0.9, 2.0),
+                                  "s2": {**same_for_all(0.7, 4.0), "rectum": (None, None)}}, seed=1)
+    table = build_table(collect(tmp_path))
+    prostate = table.cells["dice", "prostate", "ct"]
+    assert prostate.n == 2 and prostate.mean == pytest.approx(75.0)  # subjects (85, 65): seeds averaged first
+    assert prostate.std == pytest.approx(np.std([85.0, 65.0], ddof=1))
+    rectum = table.cells["dice", "rectum", "ct"]
+    assert (rectum.n, rectum.n_nan, rectum.mean) == (1, 1, pytest.approx(85.0))
+    assert "85.0 ± n/a" in to_markdown(table)  # no std from one subject
+    assert "seeds 0, 1 averaged per subject; 2 NaN value(s) (empty organ) left out" in to_markdown(table)
+
+
+def test_wilcoxon_matches_scipy_on_the_pairs_and_needs_six(tmp_path):
+    random_multirun(tmp_path, ["affine", "syn", "dual"], folds=[0, 1, 2], per_fold=3, shift={"dual": 0.03})
+    (tmp_path / "syn" / "fold2-seed0" / "metrics.json").unlink()  # syn's pairs with dual drop to 6
+    table = build_table(collect(tmp_path))
+
+    def values(method):
+        out = {}
+        for path in sorted((tmp_path / method).rglob("metrics.json")):
+            data = json.loads(path.read_text())
+            out.update({(data["fold"], s): r["organs"]["prostate"]["dice_after"] for s, r in data["subjects"].items()})
+        return out
+
+    dual, affine, syn = values("dual"), values("affine"), values("syn")
+    keys = sorted(dual)
+    expected = stats.wilcoxon([dual[k] for k in keys], [affine[k] for k in keys]).pvalue
+    assert table.pvalues["dice", "prostate", "affine"].p == pytest.approx(expected)
+    assert table.pvalues["dice", "prostate", "affine"].n_pairs == 9
+    keys = sorted(syn)
+    expected = stats.wilcoxon([dual[k] for k in keys], [syn[k] for k in keys]).pvalue
+    assert table.pvalues["dice", "prostate", "syn"].n_pairs == 6
+    assert table.pvalues["dice", "prostate", "syn"].p == pytest.approx(expected)
+    assert "| DSC (%) | bladder | " in to_markdown(table) and "Dual vs SyN" in to_markdown(table)
+
+    few = {(0, f"s{i}"): 0.1 * i for i in range(5)}
+    assert paired_wilcoxon(few, {k: v + 1 for k, v in few.items()}).reason == FEW_PAIRS
+    same = {(0, f"s{i}"): 0.1 * i for i in range(8)}
+    assert paired_wilcoxon(same, dict(same)).reason == ALL_ZERO
+    assert paired_wilcoxon(same, {**same, (0, "s0"): math.nan}).n_pairs == 7  # NaN pairs are not pairs
+
+
+def test_na_p_values_are_marked_and_explained(tmp_path):
+    random_multirun(tmp_path, ["mr", "dual"], folds=[0], per_fold=4)
+    markdown = to_markdown(build_table(collect(tmp_path)))
+    assert "| DSC (%) | bladder | n/a¹ (n=4) |" in markdown
+    assert f"¹ n/a: {FEW_PAIRS}." in markdown
+
+
+def test_failed_corrupt_and_missing_jobs_are_listed_and_other_cells_filled(tmp_path, capsys):
+    random_multirun(tmp_path, ["ct", "dual"], folds=[0, 1, 2], per_fold=2)
+    (tmp_path / "dual" / "fold1-seed0" / "metrics.json").unlink()
+    write_failure(tmp_path, "dual", 1, "RuntimeError: CUDA out of memory\nTraceback ...")
+    (tmp_path / "ct" / "fold2-seed0" / "metrics.json").write_text('{"method": "ct", "fold": 2, "subj')  # cut short
+    write_job(tmp_path, "mr", 0, {"s": same_for_all(0.8, 2.0)})
+
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    section = out.out.split("## Missing or failed jobs")[1].split("##")[0]
+    assert "- dual, fold 1: failed: RuntimeError: CUDA out of memory (" in section and "Traceback" not in section
+    assert "- ct, fold 2: corrupt metrics.json (JSONDecodeError" in section
+    assert str(tmp_path / "ct" / "fold2-seed0" / "metrics.json") in section
+    assert "- mr, fold 1: no metrics.json" in section and "- mr, fold 2: no metrics.json" in section
+    assert "4 missing or failed job(s)" in out.err
+    assert section.index("- ct, fold 2") < section.index("- mr, fold 1") < section.index("- dual, fold 1")
+    assert "- Dual: n = 4 subjects from 2 of 3 folds (missing fold 1)" in out.out
+    assert "- MR: n = 1 subjects from 1 of 3 folds (missing folds 1, 2)" in out.out
+    assert "| DSC (%) | bladder | " in out.out and "| — |" not in out.out  # every cell has a value
+
+
+def test_a_failure_newer_than_metrics_wins(tmp_path):
+    # a forced re-run that failed leaves its old metrics.json beside failed.json: the job counts as failed
+    random_multirun(tmp_path, ["ct", "dual"], folds=[0, 1], per_fold=2)
+    failed = write_failure(tmp_path, "dual", 1, "ValueError: bad config") / "failed.json"
+    metrics = failed.parent / "metrics.json"
+    os.utime(metrics, (1_000_000, 1_000_000))
+    table = build_table(collect(tmp_path))
+    assert table.coverage["dual"].folds == [0]
+    assert [p.describe() for p in table.problems] == [
+        f"dual, fold 1: failed: ValueError: bad config (the older metrics.json beside it is not used) ({failed})"]
+    os.utime(failed, (1_000, 1_000))  # metrics.json newer: the re-run succeeded
+    assert build_table(collect(tmp_path)).problems == []
+
+
+def test_csv_and_latex_files_parse(tmp_path, capsys):
+    random_multirun(tmp_path / "runs", ["affine", "syn", "ct", "mr", "dual"], folds=[0, 1], per_fold=3,
+                    shift={"dual": 0.05})
+    assert main([str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), "--name", "t1"]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "out" / "t1.md").read_text().strip() in printed
+
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "t1.csv").read_text())))
+    assert [(r["metric"], r["organ"]) for r in rows] == [(m, o) for m in ("dice", "asd") for o in PELVIS]
+    assert {"affine_mean", "dual_std", "syn_n", "dual_vs_affine_p", "dual_vs_mr_pairs"} <= set(rows[0])
+    assert int(rows[0]["dual_n"]) == 6 and int(rows[0]["dual_vs_ct_pairs"]) == 6
+    assert 0 < float(rows[0]["dual_vs_ct_p"]) <= 1
+
+    tex = (tmp_path / "out" / "t1.tex").read_text()
+    assert tex.count("\\begin{tabular}") == 1 and "\\toprule" in tex and "\\bottomrule" in tex
+    header = next(line for line in tex.splitlines() if line.startswith("Metric"))
+    assert header == "Metric & Organ & Affine & SyN & CT & MR & Dual \\\\"
+    assert "DSC (\\%)" in tex
+    dice_row = next(line for line in tex.splitlines() if line.startswith("DSC"))
+    assert dice_row.split(" & ")[-1].startswith("\\textbf{")  # dual has the highest Dice
+    assert not list(tmp_path.glob("out/.t1*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_other_organs_and_methods_and_column_order(tmp_path):
+    organs = ("liver", "kidney_left")
+    for method in ("mi", "dual", "affine"):
+        write_job(tmp_path, method, 0, {"s1": same_for_all(0.7, 2.0, organs)}, labels=organs)
+    table = build_table(collect(tmp_path))
+    assert table.organs == ["liver", "kidney_left"] and table.methods == ["affine", "dual", "mi"]
+    assert "| ASD (mm) | liver |" in to_markdown(table) and "kidney\\_left" in to_latex(table)
+    chosen = build_table(collect(tmp_path), ["dual", "mi", "mr"])
+    assert chosen.methods == ["dual", "mi", "mr"]
+    markdown = to_markdown(chosen)
+    assert "| Metric | Organ | Dual | MI | MR |" in markdown and "- mr, fold 0: no metrics.json" in markdown
+    assert "methods found but not shown (--methods): affine" in markdown
+
+
+def test_missing_folder_or_no_metrics_exits_2_with_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main([str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"intermod-table1: error: {missing} does not exist or is not a folder"
+    write_failure(tmp_path / "empty", "dual", 0, "boom")
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"intermod-table1: error: {tmp_path / 'empty'} holds no readable metrics.json "
+                   "(1 failed or corrupt job(s))"]
+
+
+def test_wandb_offline_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    random_multirun(tmp_path / "runs", ["ct", "dual"], folds=[0], per_fold=6)
+    assert main([str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out"), "--wandb"]) == 0
+    assert "W&B table logged offline to " in capsys.readouterr().out
+    (path,) = (tmp_path / "out" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json")
+    logged = json.loads(path.read_text())
+    assert logged["columns"][:3] == ["metric", "unit", "organ"] and "dual_vs_ct_p" in logged["columns"]
+    assert [row[:3] for row in logged["data"]] == [[m, u, o] for m, u in (("dice", "%"), ("asd", "mm")) for o in PELVIS]
+    assert logged["data"][0][logged["columns"].index("dual_n")] == 6
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main([str(tmp_path / "runs"), "--out-dir", str(tmp_path / "off"), "--wandb"]) == 0
+    assert "W&B: not logged (WANDB_MODE=disabled)" in capsys.readouterr().out
+    assert not (tmp_path / "off" / "wandb").exists()
