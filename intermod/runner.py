@@ -102,8 +102,10 @@ def make_datamodule(cfg: DictConfig):
     return datamodule
 
 
-def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict:
-    """Train the network on patches, then register the test subjects with the best checkpoint."""
+def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict | None:
+    """Train the network on patches, then register the test subjects with the best checkpoint.
+
+    Returns None on ranks other than 0 of a multi-process job."""
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
                          figure_callback=partial(log_registration_figure, out_dir=str(out / "figures")))
     module.checkpoint_metadata = {
@@ -128,6 +130,8 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
     train_s = time.perf_counter() - start
+    if trainer.global_rank != 0:
+        return None  # under SLURM every task runs this function; rank 0 alone tests and writes
 
     best = callbacks[0].best_model_path or (str(last) if last.exists() else "")
     if best:
@@ -200,6 +204,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         loggers = make_loggers(cfg)
         method = train_and_test if cfg.method.learned else register_classically
         result = method(cfg, out, datamodule, loggers)
+        if result is None:
+            return None
         result.update(split=datamodule.split.as_dict(), labels=datamodule.labels,
                       spacing=list(datamodule.spec.spacing or []))
         summary = summarise(result["subjects"], result["labels"])

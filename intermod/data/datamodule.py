@@ -35,7 +35,7 @@ class FlipMarked(tio.Transform):
         return tio.Flip(axes=(0,))(subject) if subject["flipped"] else subject
 
 
-def normalisation(ct_window: Sequence[float] = (-1000.0, 1000.0),
+def normalisation(ct_window: Sequence[float] = (-160.0, 240.0),
                   mr_percentiles: Sequence[float] = (0.5, 99.5)) -> tio.Compose:
     """CT: a fixed HU window mapped to [0, 1] (same for CT and paired CT); MR: percentiles to [0, 1]."""
     low, high = ct_window
@@ -82,7 +82,7 @@ class PairedDataModule(pl.LightningDataModule):
                  n_test: int = 2, n_val: int = 1, patch_size: int = 68, margin: int = 20,
                  samples_per_volume: int = 64, queue_length: int = 256, batch_size: int = 2,
                  num_workers: int = 0, flip_augment: bool = True, sampler: str = "uniform",
-                 ct_window: Sequence[float] = (-1000.0, 1000.0),
+                 ct_window: Sequence[float] = (-160.0, 240.0),
                  mr_percentiles: Sequence[float] = (0.5, 99.5), pin_memory: bool = False):
         super().__init__()
         if sampler not in ("uniform", "label"):

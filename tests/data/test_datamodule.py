@@ -49,10 +49,10 @@ def test_whole_volumes_for_validation(datamodule, tiny_dataset):
 def test_ct_normalisation_is_the_hu_window(datamodule):
     item = next(iter(datamodule.val_dataloader()))
     ct = item["ct"]
-    # Air (-1000 HU) maps to 0 and water (0 HU) to 0.5 with the default [-1000, 1000] window.
+    # The default soft-tissue window [-160, 240] HU: air maps to 0, water (0 HU) to 0.4.
     assert ct.min() == 0.0
     urine = ct[item["ct_labels"] == 1]
-    assert 0.45 < urine.median() < 0.56
+    assert 0.38 < urine.median() < 0.46
 
 
 def test_invalid_sampler_raises(tiny_dataset):

@@ -1,0 +1,76 @@
+"""Sweeps: all methods through one multirun, DDP under multirun, the submitit launcher, SLURM detection."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMOKE = ["experiment=table1_smoke", "trainer.max_epochs=1", "data.samples_per_volume=2", "data.synthesize=null"]
+
+
+def multirun(tmp_path: Path, dataset: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "intermod.cli.train", "-m", f"data.root={dataset}", f"paths.log_dir={tmp_path}",
+           *SMOKE, *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_one_multirun_over_all_methods_fills_every_cell_of_the_table(tmp_path, tiny_dataset):
+    from intermod.cli.table1 import main as table1
+
+    multirun(tmp_path, tiny_dataset, "method=affine,syn,ct,mr,dual", "fold=0")
+    sweep = tmp_path / "multiruns" / "table1_smoke"
+    for method in ("affine", "syn", "ct", "mr", "dual"):
+        metrics = json.loads((sweep / method / "fold0-seed0" / "metrics.json").read_text())
+        assert metrics["method"] == method and len(metrics["subjects"]) == 2
+    assert table1([str(sweep), "--out-dir", str(tmp_path / "table")]) == 0
+    markdown = (tmp_path / "table" / "table1.md").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| DSC") or line.startswith("|  |")]
+    body = markdown.split("## Paired")[0]
+    assert "—" not in body and "Missing or failed" not in body
+    assert len([r for r in rows if "±" in r]) >= 6  # DSC and ASD rows of three organs, every cell filled
+
+    # Re-running the sweep skips finished jobs.
+    again = multirun(tmp_path, tiny_dataset, "method=affine,dual", "fold=0")
+    assert again.stdout.count("exists: skipping this run") == 2
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tiny_dataset):
+    multirun(tmp_path, tiny_dataset, "method=affine", "fold=0,7")
+    sweep = tmp_path / "multiruns" / "table1_smoke" / "affine"
+    assert (sweep / "fold0-seed0" / "metrics.json").exists()
+    failed = json.loads((sweep / "fold7-seed0" / "failed.json").read_text())
+    assert "fold must be in [0, 5)" in failed["error"]
+
+
+def test_ddp_spawn_under_multirun_writes_into_the_sweep_folder(tmp_path, tiny_dataset):
+    """Two CPU processes (gloo); SyncBatchNorm needs a GPU, so it is off here."""
+    multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "trainer=ddp",
+             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false")
+    assert [p.name for p in (tmp_path / "multiruns").iterdir()] == ["table1_smoke"]  # no stray sweep folders
+    metrics = json.loads((tmp_path / "multiruns" / "table1_smoke" / "dual" / "fold0-seed0" / "metrics.json").read_text())
+    assert metrics["method"] == "dual" and len(metrics["subjects"]) == 2
+
+
+def test_submitit_launcher_runs_jobs(tmp_path, tiny_dataset):
+    """The SLURM launcher's code path, through submitit's local executor (no cluster here)."""
+    multirun(tmp_path, tiny_dataset, "method=affine", "fold=0",
+             "hydra/launcher=slurm_local")
+    assert (tmp_path / "multiruns" / "table1_smoke" / "affine" / "fold0-seed0" / "metrics.json").exists()
+
+
+def test_lightning_takes_ranks_from_slurm(monkeypatch):
+    """With trainer=slurm, a SLURM task is one rank: Lightning reads it from the environment."""
+    import pytorch_lightning as pl
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+                       "SLURM_NODEID": "0", "SLURM_JOB_NAME": "intermod", "SLURM_JOB_ID": "42",
+                       "SLURM_NODELIST": "node1"}.items():
+        monkeypatch.setenv(key, value)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
+    assert trainer.global_rank == 1 and trainer.world_size == 2
