@@ -31,11 +31,14 @@ from intermod.spatial import crop_center
 __all__ = ["RegistrationUNet"]
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two valid 3x3x3 convs, each + BatchNorm + ReLU (shrinks each axis by 4)."""
+NORMS = {"batch": nn.BatchNorm3d, "none": nn.Identity}
+
+
+def _conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    """Two valid 3x3x3 convs, each + normalisation + ReLU (shrinks each axis by 4)."""
     layers = []
     for c_in in (in_channels, out_channels):
-        layers += [nn.Conv3d(c_in, out_channels, 3), nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
+        layers += [nn.Conv3d(c_in, out_channels, 3), NORMS[norm](out_channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -46,21 +49,23 @@ class RegistrationUNet(nn.Module):
     out_channels = 3
     margin = 20  # per side: output = input - 2 * margin
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128)) -> None:
+    def __init__(self, widths: Sequence[int] = (32, 64, 128), norm: str = "batch") -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"widths must be 3 positive channel counts (one per level), got {widths}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
         w0, w1, w2 = widths
         self.widths = widths
-        self.enc0 = _conv_block(self.in_channels, w0)
-        self.enc1 = _conv_block(w0, w1)
-        self.bottom = _conv_block(w1, w2)
+        self.enc0 = _conv_block(self.in_channels, w0, norm)
+        self.enc1 = _conv_block(w0, w1, norm)
+        self.bottom = _conv_block(w1, w2, norm)
         self.pool = nn.MaxPool3d(2)
         self.up1 = nn.ConvTranspose3d(w2, w1, 2, stride=2)
-        self.dec1 = _conv_block(2 * w1, w1)
+        self.dec1 = _conv_block(2 * w1, w1, norm)
         self.up0 = nn.ConvTranspose3d(w1, w0, 2, stride=2)
-        self.dec0 = _conv_block(2 * w0, w0)
+        self.dec0 = _conv_block(2 * w0, w0, norm)
         self.head = nn.Conv3d(w0, self.out_channels, 1)
         # Near-zero output at initialisation: training starts from (almost) the identity warp.
         nn.init.normal_(self.head.weight, std=1e-5)
