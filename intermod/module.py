@@ -20,11 +20,13 @@ class RegistrationModule(pl.LightningModule):
 
     Validation logs the whole-volume loss and Dice/ASD per organ (``val/dice_mean`` picks the best
     checkpoint). Test results are kept in ``test_results`` (subject -> metrics) for metrics.json.
+    ``compile``: torch.compile the network (``compile_mode``: torch.compile's ``mode``) when the trainer
+    configures the model; in place, so checkpoints keep the eager network's parameter names.
     """
 
     def __init__(self, net: nn.Module, loss: RegistrationLoss, optimizer: Callable, scheduler: Callable | None = None,
                  labels: dict[str, int] | None = None, inference: str = "whole", channels_last: bool = False,
-                 figure_callback: Callable | None = None):
+                 figure_callback: Callable | None = None, compile: bool = False, compile_mode: str | None = None):
         super().__init__()
         self.net = net
         self.loss = loss
@@ -34,10 +36,18 @@ class RegistrationModule(pl.LightningModule):
         self.inference = inference
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.figure_callback = figure_callback
+        self.compile_network, self.compile_mode = compile, compile_mode  # `compile` is nn.Module's method
+        self._network_compiled = False
         self.checkpoint_metadata: dict = {}
         self.test_results: dict[str, dict] = {}
         if channels_last:
             self.net.to(memory_format=self.memory_format)
+
+    def configure_model(self) -> None:
+        # Every fit/validate/test calls this hook; compile once per process.
+        if self.compile_network and not self._network_compiled:
+            self.net.compile(mode=self.compile_mode)
+            self._network_compiled = True
 
     def forward(self, ct: torch.Tensor, mr: torch.Tensor) -> torch.Tensor:
         x = torch.cat([ct, mr], dim=1).contiguous(memory_format=self.memory_format)
@@ -76,7 +86,8 @@ class RegistrationModule(pl.LightningModule):
         metrics.update({f"val/dice_{organ}": v for organ, v in dice.items()})
         metrics.update({f"val/asd_{organ}": v for organ, v in asd.items() if np.isfinite(v)})
         self.log_dict(metrics, batch_size=1, sync_dist=True)
-        if batch_idx == 0 and self.figure_callback is not None and not self.trainer.sanity_checking:
+        if (batch_idx == 0 and self.figure_callback is not None and self.trainer.is_global_zero
+                and not self.trainer.sanity_checking):
             self.figure_callback(batch, out, self.labels, stage="val", loggers=self.loggers,
                                  epoch=self.current_epoch, step=self.global_step)
 
