@@ -6,7 +6,7 @@
   "SyN (ANTs, MI)".
 
 Both start from ANTs' alignment of the centres of intensity mass. The CT is the fixed image, the MR
-the moving one. The result holds the MR and its labels resampled into the CT grid (0 outside the MR
+the moving one. The result holds the MR and its labels resampled into the CT grid (the MR minimum, labels 0, outside the MR
 grid) and the total (affine + deformable) displacement in voxels, pull-back convention:
 ``warped(x) = moving(x + field[:, x])``, the convention of ``intermod.spatial``.
 
@@ -120,14 +120,15 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
     with ants_workdir() as workdir:
         # ANTs initialises by aligning centres of intensity mass: with CT in HU (air -1000) that
         # centre is meaningless and the affine stage diverges. MI ignores the shift to a zero minimum.
+        mr_min = float(mr.min())
         np.save(workdir / "ct.npy", (ct - ct.min()).astype(np.float32))
-        np.save(workdir / "mr.npy", (mr - mr.min()).astype(np.float32))
+        np.save(workdir / "mr.npy", (mr - mr_min).astype(np.float32))
         np.save(workdir / "labels.npy", mr_labels.astype(np.float32))
         (workdir / "job.json").write_text(json.dumps(job))
         _run_child(workdir, threads)
         with np.load(workdir / "result.npz") as out:
             return ClassicalResult(
-                warped=out["warped"],
+                warped=out["warped"] + np.float32(mr_min),  # undo the shift; outside the MR grid: its minimum
                 warped_labels=np.rint(out["warped_labels"]).astype(mr_labels.dtype),
                 field=out["field"],
                 seconds=float(out["seconds"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from wandb_offline import wandb_history
 
-TINY = ["model=unet_small", "data.patch_size=44", "data.samples_per_volume=2", "data.queue_length=8",
+TINY = ["model=unet_small", "model/optimizer=adam", "data.patch_size=44", "data.samples_per_volume=2", "data.queue_length=8",
         "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "data.synthesize=null"]
 
