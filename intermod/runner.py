@@ -198,6 +198,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)  # oversubscribed cores slow every run several-fold
     try:
         ensure_dataset(cfg.data)
         datamodule = make_datamodule(cfg)

@@ -1,6 +1,7 @@
 """TorchIO pipeline: paired subjects, per-modality normalisation, x-flip augmentation, a patch queue."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -122,17 +123,28 @@ class PairedDataModule(pl.LightningDataModule):
             return tio.LabelSampler(self.patch_size, label_name="ct_labels", label_probabilities=probabilities)
         return tio.UniformSampler(self.patch_size)
 
-    def train_dataloader(self) -> DataLoader:
+    def training_subjects(self, loads_per_volume: int = 1) -> tio.SubjectsDataset:
+        """Training subjects (and their x-flipped copies), normalised and padded by the margin, each
+        listed ``loads_per_volume`` times."""
         self.setup()
         flips = (False, True) if self.flip_augment else (False,)
-        subjects = [load_subject(self.spec, s, f) for s in self.split.train for f in flips]
+        subjects = [load_subject(self.spec, s, f) for s in self.split.train for f in flips
+                    for _ in range(loads_per_volume)]
         transform = tio.Compose([self.normalise, FlipMarked(), tio.Pad(self.margin, padding_mode=0)])
-        dataset = tio.SubjectsDataset(subjects, transform=transform)
+        return tio.SubjectsDataset(subjects, transform=transform)
+
+    def train_dataloader(self) -> DataLoader:
+        # TorchIO's queue fails once samples_per_volume exceeds half its length (the paper's 9.4K
+        # patches per pair would need a queue of ~70 GB): such a volume is loaded several times per
+        # epoch instead, each load giving an equal share of its patches.
+        loads = math.ceil(self.samples_per_volume / max(1, self.queue_length // 2))
+        per_load = math.ceil(self.samples_per_volume / loads)
+        dataset = self.training_subjects(loads)
         # Under DDP each rank draws patches from its own share of the subjects (TorchIO's recipe);
         # the trainer must then not wrap the queue in another DistributedSampler.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         subject_sampler = DistributedSampler(dataset, shuffle=True, seed=self.split_seed) if distributed else None
-        queue = tio.Queue(dataset, self.queue_length, self.samples_per_volume, self._sampler(),
+        queue = tio.Queue(dataset, self.queue_length, per_load, self._sampler(),
                           subject_sampler=subject_sampler, shuffle_subjects=subject_sampler is None,
                           num_workers=self.num_workers)
         # The queue owns the workers and the shuffling; this loader only batches.

@@ -22,7 +22,7 @@ import torchio as tio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from intermod.data.datamodule import FlipMarked, PairedDataModule, load_subject
+from intermod.data.datamodule import PairedDataModule
 from intermod.data.layout import IMAGE_KEYS, LABEL_KEYS
 
 CROPS = ("gather", "slice")
@@ -192,14 +192,6 @@ class DevicePatchDataModule(PairedDataModule):
         if self.trainer is not None:
             return self.trainer.strategy.root_device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def training_subjects(self) -> tio.SubjectsDataset:
-        """The queue's training subjects and transform: normalised, x-flipped copies, padded by the margin."""
-        self.setup()
-        flips = (False, True) if self.flip_augment else (False,)
-        subjects = [load_subject(self.spec, s, f) for s in self.split.train for f in flips]
-        transform = tio.Compose([self.normalise, FlipMarked(), tio.Pad(self.margin, padding_mode=0)])
-        return tio.SubjectsDataset(subjects, transform=transform)
 
     def load_volumes(self) -> DeviceVolumes:
         """The padded training volumes on the device, loaded on first use."""

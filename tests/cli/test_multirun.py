@@ -48,7 +48,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, tiny_dataset):
 
 def test_ddp_spawn_under_multirun_writes_into_the_sweep_folder(tmp_path, tiny_dataset):
     """Two CPU processes (gloo); SyncBatchNorm needs a GPU, so it is off here."""
-    multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "trainer=ddp",
+    multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "trainer=ddp", "hydra/launcher=basic",
              "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false")
     assert [p.name for p in (tmp_path / "multiruns").iterdir()] == ["table1_smoke"]  # no stray sweep folders
     metrics = json.loads((tmp_path / "multiruns" / "table1_smoke" / "dual" / "fold0-seed0" / "metrics.json").read_text())

@@ -58,3 +58,13 @@ def test_ct_normalisation_is_the_hu_window(datamodule):
 def test_invalid_sampler_raises(tiny_dataset):
     with pytest.raises(ValueError, match="sampler"):
         PairedDataModule(tiny_dataset, sampler="random")
+
+
+def test_more_patches_per_volume_than_half_the_queue(tiny_dataset):
+    """TorchIO's queue breaks when samples_per_volume > queue_length / 2 (the paper's 9.4K per pair):
+    each volume is then loaded several times per epoch, and a whole epoch still runs."""
+    dm = PairedDataModule(tiny_dataset, fold=0, patch_size=44, samples_per_volume=20, queue_length=8, batch_size=4)
+    dm.setup()
+    loader = dm.train_dataloader()
+    n_patches = sum(batch["ct"].shape[0] for batch in loader)
+    assert n_patches == len(dm.split.train) * 2 * 20  # 5 loads of 4 patches per volume
