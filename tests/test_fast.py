@@ -5,12 +5,9 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from hydra_compose import compose_train
 
-from intermod.cli import CONF_DIR
 from intermod.data.gpu_sampler import DevicePatchDataModule
 from intermod.losses import RegistrationLoss
 from intermod.module import RegistrationModule
@@ -18,15 +15,6 @@ from intermod.networks.unet import RegistrationUNet
 from intermod.runner import make_datamodule
 
 WIDTHS = (4, 6, 8)
-
-
-def compose_train(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = "/tmp/intermod-fast-test"  # Hydra sets it at run time
-    return cfg
 
 
 def test_fast_experiment_holds_the_speed_options_on_the_paper_s_protocol():

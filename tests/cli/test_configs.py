@@ -2,10 +2,9 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from hydra_compose import compose_train
+from omegaconf import OmegaConf
 
 from intermod.cli import CONF_DIR
 from intermod.losses import RegistrationLoss
@@ -13,25 +12,16 @@ from intermod.losses import RegistrationLoss
 GROUP = lambda group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))  # noqa: E731
 
 
-def _compose(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = "/tmp/intermod-config-test"  # Hydra sets it at run time
-    return cfg
-
-
 @pytest.mark.parametrize("experiment", GROUP("experiment"))
 def test_every_experiment_composes(experiment):
-    cfg = _compose([f"experiment={experiment}"])
+    cfg = compose_train([f"experiment={experiment}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.name and cfg.method.name and cfg.data.patch_size % 4 == 0
 
 
 @pytest.mark.parametrize("method", GROUP("method"))
 def test_every_method_instantiates_its_loss(method):
-    cfg = _compose([f"method={method}"])
+    cfg = compose_train([f"method={method}"])
     if cfg.method.learned:
         loss = instantiate(cfg.method.loss)
         assert isinstance(loss, RegistrationLoss) and loss.method == cfg.method.name
@@ -39,7 +29,7 @@ def test_every_method_instantiates_its_loss(method):
 
 @pytest.mark.parametrize("model", GROUP("model"))
 def test_every_model_instantiates(model):
-    cfg = _compose([f"model={model}"])
+    cfg = compose_train([f"model={model}"])
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels={"bladder": 1})
     assert module.net.output_size(cfg.data.patch_size) == cfg.data.patch_size - 40
     optimizer = module.configure_optimizers()
@@ -49,12 +39,12 @@ def test_every_model_instantiates(model):
 @pytest.mark.parametrize("group", ["trainer", "logger", "data", "paths"])
 def test_every_option_of_a_group_composes(group):
     for option in GROUP(group):
-        cfg = _compose([f"{group}={option}"] + (["data.root=/somewhere"] if option == "folder" else []))
+        cfg = compose_train([f"{group}={option}"] + (["data.root=/somewhere"] if option == "folder" else []))
         OmegaConf.resolve(cfg)
 
 
 def test_defaults_are_the_paper_s():
-    cfg = _compose([])
+    cfg = compose_train([])
     assert cfg.method.loss.lambda_laplacian == 0.5 and cfg.method.loss.lambda_l2 == 0.01
     assert cfg.model.optimizer._target_ == "torch.optim.SGD" and cfg.model.optimizer.lr == 0.01
     assert cfg.model.scheduler.step_size == 4 and cfg.model.scheduler.gamma == 0.5
