@@ -75,7 +75,7 @@ import numpy as np
 
 from intermod.baselines.ants import DEFAULT_OPTIONS, ants_workdir
 from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, file_name, load_dataset,
-                                  write_dataset_json, write_subject)
+                                  replace_folder, write_dataset_json, write_subject, write_volumes)
 from intermod.data.phantom import warp_array
 from intermod.evaluation.metrics import dice, folding_statistics
 from intermod.io import atomic_write_json
@@ -176,24 +176,7 @@ def write_source_subject(root: str | Path, subject: str, arrays: dict[str, np.nd
     for key in LABEL_KEYS:
         if arrays[key].min() < 0 or arrays[key].max() > MAX_LABEL_VALUE:
             raise ValueError(f"subject {subject}: {key} values must lie in [0, {MAX_LABEL_VALUE}]")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{subject}."))
-    try:
-        for key, array in arrays.items():
-            dtype = np.uint8 if key in LABEL_KEYS else np.float32
-            nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), tmp / file_name(key))
-        return _replace_dir(tmp, root / subject)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_dir(folder: Path, final: Path) -> Path:
-    """Move a complete ``folder`` to ``final``, replacing what was there."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(folder, final)
-    return final
+    return write_volumes(root, subject, arrays, affine)
 
 
 def _same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
@@ -293,7 +276,7 @@ def _pair_subject(source: Source, subject: str, dst: Path, options: PairingOptio
             folder = write_subject(staging, subject, arrays, ct_image.affine)
             shutil.move(workdir / TRANSFORMS_DIR, folder / TRANSFORMS_DIR)
         atomic_write_json(folder / RECORD, record)
-        _replace_dir(folder, dst / subject)
+        replace_folder(folder, dst / subject)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record

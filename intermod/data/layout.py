@@ -108,23 +108,32 @@ def write_dataset_json(root: str | Path, labels: dict[str, int], subjects: list[
 
 def write_subject(root: str | Path, subject: str, arrays: dict[str, np.ndarray], affine: np.ndarray) -> Path:
     """Write one subject's arrays as NIfTI, all with ``affine``; a temp folder renamed at the end."""
-    root = Path(root)
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
         raise ValueError(f"subject {subject}: missing arrays {missing}")
+    return write_volumes(root, subject, arrays, affine)
+
+
+def write_volumes(root: str | Path, subject: str, arrays: dict[str, np.ndarray], affine: np.ndarray) -> Path:
+    """``ROOT/<subject>/<key>.nii.gz`` for each array (labels as uint8, images as float32), written
+    into a hidden folder and renamed into place: a subject appears complete or not at all."""
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{subject}."))
     try:
         for key, array in arrays.items():
             dtype = np.uint8 if key in LABEL_KEYS else np.float32
             nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), tmp / file_name(key))
-        final = root / subject
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
+        return replace_folder(tmp, root / subject)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def replace_folder(folder: Path, final: Path) -> Path:
+    """Move a complete ``folder`` to ``final``, replacing what was there."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(folder, final)
     return final
 
 
