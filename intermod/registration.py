@@ -41,7 +41,7 @@ from intermod.evaluation.metrics import folding_statistics, organ_metrics
 from intermod.geometry import (InputError, field_image, index_to_physical, orientation_direction, read_image,
                                reference_grid, resample, to_array, voxel_to_lps, write_displacement_field)
 from intermod.inference import MODES as INFERENCE_MODES
-from intermod.inference import predict_field
+from intermod.inference import InferenceNetwork, predict_field, resolve_precision
 from intermod.losses import mutual_information
 from intermod.module import CHECKPOINT_FORMAT
 from intermod.networks.unet import RegistrationUNet
@@ -75,9 +75,9 @@ OUTPUT_NAMES = {"mr_warped": "mr_warped.nii.gz", "mr_labels_warped": "mr_labels_
 
 @dataclass(frozen=True)
 class Model:
-    """A trained network and the preprocessing it was trained with (from the checkpoint)."""
+    """A trained network, ready for inference, and the preprocessing it was trained with (from the checkpoint)."""
 
-    net: RegistrationUNet
+    net: InferenceNetwork
     spacing: tuple[float, float, float]
     orientation: str
     inference: str
@@ -86,6 +86,7 @@ class Model:
     labels: dict[str, int]
     method: str
     device: torch.device
+    precision: str  # "fp32" or "bf16": what the network runs in
 
 
 @dataclass
@@ -130,14 +131,16 @@ def _pair(values, name: str) -> tuple[float, float]:
     return values
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Model:
+def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -> Model:
     """Load a network checkpoint written by :class:`intermod.module.RegistrationModule`.
 
-    Refuses (:class:`InputError` naming ``path``) files that are not intermod checkpoints, checkpoints of
+    ``precision``: "fp32", "bf16" or "auto" (bf16 where the device has it natively, see
+    :mod:`intermod.inference`). Refuses (:class:`InputError` naming ``path``) files that are not intermod checkpoints, checkpoints of
     another format version and runs of baseline methods, which hold no network.
     """
     path = Path(path)
     torch_device = select_device(device)
+    precision = resolve_precision(precision, torch_device)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
     try:
@@ -168,11 +171,11 @@ def load_model(path: str | Path, device: str = "cpu") -> Model:
         orientation_direction(meta["orientation"])
         if meta["inference"] not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {meta['inference']!r}")
-        model = Model(net=net.eval().to(torch_device), spacing=spacing, orientation=str(meta["orientation"]),
+        model = Model(net=InferenceNetwork(net, precision).to(torch_device), spacing=spacing, orientation=str(meta["orientation"]),
                       inference=meta["inference"], ct_window=_pair(meta["ct_window"], "ct_window"),
                       mr_percentiles=_pair(meta["mr_percentiles"], "mr_percentiles"),
                       labels={str(k): int(v) for k, v in (meta.get("labels") or {}).items()}, method=str(method),
-                      device=torch_device)
+                      device=torch_device, precision=precision)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         missing = f"missing entry {err}" if isinstance(err, KeyError) else _first_line(err)
         raise InputError(f"{path}: unusable intermod checkpoint ({missing})") from None
@@ -336,6 +339,7 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
     with _timed(timings, "metrics"):
         ct_before = normalise(to_array(ct_grid), to_array(resample(mr, grid)), model)
         report = {
+            "network": {"device": str(model.device), "precision": model.precision, "inference": model.inference},
             "model_grid": {"size": list(grid.GetSize()), "spacing": list(grid.GetSpacing()),
                            "orientation": model.orientation, "origin_lps": list(grid.GetOrigin())},
             "affine": {"enabled": affine, "overlap_fraction": overlap,
@@ -408,7 +412,7 @@ def write_outputs(result: RegistrationResult, out_dir: str | Path) -> dict[str, 
 
 def register_files(ct: str | Path, mr: str | Path, checkpoint: str | Path, out_dir: str | Path,
                    mr_labels: str | Path | None = None, ct_labels: str | Path | None = None, device: str = "cpu",
-                   affine: bool = True) -> dict:
+                   affine: bool = True, precision: str = "auto") -> dict:
     """The whole of ``intermod-register``: read and validate, register, write into ``out_dir``.
 
     Every problem with an input raises :class:`InputError` before anything is written. Returns the report.
@@ -416,7 +420,7 @@ def register_files(ct: str | Path, mr: str | Path, checkpoint: str | Path, out_d
     _check_out_dir(Path(out_dir).absolute())
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
-        model = load_model(checkpoint, device)
+        model = load_model(checkpoint, device, precision)
         ct_image, mr_image = read_image(ct), read_image(mr)
         mr_label_image = None if mr_labels is None else read_image(mr_labels, labels=True)
         ct_label_image = None if ct_labels is None else read_image(ct_labels, labels=True)

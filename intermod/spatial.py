@@ -92,39 +92,39 @@ def warp(moving: Tensor, phi: Tensor, mode: str = "bilinear", padding_mode: str 
     size = moving.shape[2:]
     offset = field_offset(size, phi.shape[2:])
     batch, channels = moving.shape[:2]
-    # Sampling positions p = x + offset + phi(x), one (B, x, y, z) tensor per axis.
-    pos = []
+    # Sampling positions p = x + offset + phi(x) per axis, then per axis the neighbours read: the
+    # rounded position (nearest) or floor and floor + 1 with weights 1 - frac and frac (Eq. 5).
+    neighbours, weights = [], []
     for d in range(3):
         view = [1, 1, 1]
         view[d] = -1
         grid = torch.arange(phi.shape[2 + d], device=phi.device, dtype=phi.dtype) + offset[d]
-        pos.append(phi[:, d] + grid.view(view))
+        p = phi[:, d] + grid.view(view)
+        if mode == "nearest":
+            neighbours.append([p.round().long()])
+            continue
+        lower = p.floor()
+        frac = p - lower
+        neighbours.append([lower.long(), lower.long() + 1])
+        weights.append([1 - frac, frac])
+    # Per axis and neighbour: its term of the flat index (border clamps) and, for zeros, whether it is inside.
+    strides = (size[1] * size[2], size[2], 1)
+    terms = [[i.clamp(0, n - 1) * stride for i in axis] for axis, n, stride in zip(neighbours, size, strides)]
+    inside = ([[(i >= 0) & (i < n) for i in axis] for axis, n in zip(neighbours, size)]
+              if padding_mode == "zeros" else None)
     flat = moving.flatten(2)
-
-    def gather(index: list[Tensor]) -> Tensor:
-        """Values at integer positions (one per axis); border clamps, zeros masks."""
-        inside = None
-        if padding_mode == "zeros":
-            inside = torch.stack([(i >= 0) & (i < n) for i, n in zip(index, size)]).all(0)
-        index = [i.clamp(0, n - 1) for i, n in zip(index, size)]
-        linear = (index[0] * size[1] + index[1]) * size[2] + index[2]
+    warped = 0
+    for corner in itertools.product(*(range(len(axis)) for axis in neighbours)):
+        linear = terms[0][corner[0]] + terms[1][corner[1]] + terms[2][corner[2]]
         values = flat.gather(2, linear.flatten(1).unsqueeze(1).expand(-1, channels, -1))
         values = values.view(batch, channels, *phi.shape[2:])
         if inside is not None:
-            values = torch.where(inside.unsqueeze(1), values, torch.zeros_like(values))
-        return values
-
-    if mode == "nearest":
-        return gather([p.round().long() for p in pos])
-    lower = [p.floor() for p in pos]
-    frac = [p - lo for p, lo in zip(pos, lower)]
-    lower = [lo.long() for lo in lower]
-    warped = 0
-    for corner in itertools.product((0, 1), repeat=3):
-        weight = 1
-        for d, upper in enumerate(corner):
-            weight = weight * (frac[d] if upper else 1 - frac[d])
-        warped = warped + weight.unsqueeze(1) * gather([lo + c for lo, c in zip(lower, corner)])
+            mask = inside[0][corner[0]] & inside[1][corner[1]] & inside[2][corner[2]]
+            values = torch.where(mask.unsqueeze(1), values, torch.zeros_like(values))
+        if mode == "nearest":
+            return values
+        weight = weights[0][corner[0]] * weights[1][corner[1]] * weights[2][corner[2]]
+        warped = warped + weight.unsqueeze(1) * values
     return warped
 
 

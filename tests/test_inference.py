@@ -1,7 +1,10 @@
+import copy
+
 import pytest
 import torch
 
-from intermod.inference import predict_field, register_volumes
+from intermod.inference import (InferenceNetwork, fold_batchnorm, native_bf16, predict_field, register_volumes,
+                                resolve_precision)
 from intermod.networks.unet import RegistrationUNet
 
 
@@ -41,3 +44,66 @@ def test_bad_inputs_raise(trained_like_net):
         predict_field(trained_like_net, torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), mode="sliding")
     with pytest.raises(ValueError, match="share one grid"):
         predict_field(trained_like_net, torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 9))
+
+
+def test_folding_batchnorm_keeps_the_field(trained_like_net):
+    x = torch.rand(1, 2, 48, 52, 44)
+    folded = fold_batchnorm(trained_like_net)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in trained_like_net.modules())  # the original is kept
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), trained_like_net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_float32_inference_network_gives_the_networks_field(trained_like_net):
+    torch.manual_seed(2)
+    ct, mr = torch.rand(1, 1, 30, 26, 17), torch.rand(1, 1, 30, 26, 17)
+    fast = predict_field(InferenceNetwork(trained_like_net, "fp32"), ct, mr)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, predict_field(trained_like_net, ct, mr), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def volume_pair():
+    torch.manual_seed(3)
+    return torch.rand(1, 1, 40, 36, 28), torch.rand(1, 1, 40, 36, 28)
+
+
+@pytest.fixture(scope="module")
+def voxel_field_net(trained_like_net, volume_pair):
+    """``trained_like_net`` with displacements of a few voxels on ``volume_pair``, as a trained network gives."""
+    net = copy.deepcopy(trained_like_net)
+    with torch.no_grad():
+        net.head.weight.mul_(4.0 / predict_field(net, *volume_pair).abs().max())
+    return net
+
+
+def test_bfloat16_field_is_within_hundredths_of_a_voxel_of_float32(voxel_field_net, volume_pair):
+    bf16 = InferenceNetwork(voxel_field_net, "bf16")
+    assert bf16.net.enc0[0].weight.dtype == torch.bfloat16 and bf16.net.head.weight.dtype == torch.float32
+    exact, fast = predict_field(voxel_field_net, *volume_pair), predict_field(bf16, *volume_pair)
+    assert fast.dtype == torch.float32 and exact.abs().max() > 3.0 and exact.std() > 0.5
+    error = (fast - exact).abs()
+    assert error.max() < 0.05 and error.mean() < 0.01
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="precision"):
+        InferenceNetwork(RegistrationUNet((4, 8, 8)), "auto")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_inference_matches_cpu_float32(voxel_field_net, volume_pair, precision):
+    ct, mr = volume_pair
+    net = InferenceNetwork(voxel_field_net, precision).cuda()
+    field = predict_field(net, ct.cuda(), mr.cuda()).cpu()
+    error = (field - predict_field(voxel_field_net, ct, mr)).abs()
+    # fp32 on a GPU may use TF32 convolutions (cuDNN's default): ~1e-3 relative.
+    assert error.max() < (0.05 if precision == "bf16" else 0.01) and error.mean() < 0.01

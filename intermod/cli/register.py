@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mr-labels", help="MR label map to warp (and to score against --ct-labels)")
     parser.add_argument("--ct-labels", help="CT label map: Dice and ASD per label in the report")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="network arithmetic: bf16 is ~3x faster on CPUs with native bfloat16 and changes the "
+                             "field by a few hundredths of a voxel; auto (default) takes bf16 where the device "
+                             "has it natively, else fp32")
     parser.add_argument("--no-affine", action="store_true",
                         help="skip the affine pre-alignment (CT and MR already aligned in world space)")
     return parser
@@ -36,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = register_files(args.ct, args.mr, args.checkpoint, args.out, mr_labels=args.mr_labels,
-                                ct_labels=args.ct_labels, device=args.device, affine=not args.no_affine)
+                                ct_labels=args.ct_labels, device=args.device, affine=not args.no_affine,
+                                precision=args.precision)
     except InputError as err:
         print(f"intermod-register: error: {err}", file=sys.stderr)
         return 2
     mi = report["mutual_information"]
-    print(f"registered {args.mr} to {args.ct} in {report['timings_s']['total']:.1f} s -> {args.out}")
+    network = report["network"]
+    print(f"registered {args.mr} to {args.ct} in {report['timings_s']['total']:.1f} s "
+          f"(network on {network['device']}, {network['precision']}) -> {args.out}")
     if report["affine"]["enabled"]:
         print(f"pre-alignment: started from {report['affine']['orientation']}")
     print(f"mutual information CT/MR: {mi['before']:.3f} before, {mi['after_affine']:.3f} after the affine, "

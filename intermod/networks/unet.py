@@ -97,4 +97,5 @@ class RegistrationUNet(nn.Module):
         y = self.dec1(torch.cat([crop_center(skip1, y.shape[2:]), y], 1))
         y = self.up0(y)
         y = self.dec0(torch.cat([crop_center(skip0, y.shape[2:]), y], 1))
-        return self.head(y)
+        # The head may stay float32 under a bfloat16 body (intermod.inference): full-precision displacements.
+        return self.head(y.to(self.head.weight.dtype))
