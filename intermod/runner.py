@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 import traceback
 import warnings
@@ -36,6 +37,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 METRICS_FILE = "metrics.json"
 TABLE_COLUMNS = ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_before", "hd95_after")
 FAILED_FILE = "failed.json"
+CHECKPOINT_DIR = "checkpoints"
 
 
 class RunError(RuntimeError):
@@ -114,7 +116,7 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
         "spacing": list(datamodule.spec.spacing or []), "orientation": datamodule.orientation,
         "patch_size": cfg.data.patch_size,
         "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = out / CHECKPOINT_DIR
     callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps)
     if cfg.early_stopping_patience:
         # The paper stopped "when the validation loss did not decrease significantly".
@@ -194,6 +196,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         done = json.loads(metrics_path.read_text())
         print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n{format_table(done['summary'])}")
         return None
+    if metrics_path.exists():  # force=true on a finished run: train again from scratch, not from last.ckpt
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        print(f"force=true: re-running {out} from scratch; its metrics.json is replaced when the run ends")
     (out / FAILED_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))

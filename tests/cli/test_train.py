@@ -69,6 +69,11 @@ def test_same_seed_same_metrics_and_rerun_is_skipped(tmp_path, tiny_dataset):
     assert first["subjects"] == second["subjects"]
     again = train(tmp_path / "a", tiny_dataset, "logger=none")
     assert "exists: skipping this run" in again.stdout
+    # force=true trains again from scratch (not from the finished run's last.ckpt): the same numbers.
+    forced = train(tmp_path / "a", tiny_dataset, "logger=none", "force=true")
+    assert "from scratch" in forced.stdout and "resuming from" not in forced.stdout
+    third = json.loads((run_dir(tmp_path / "a") / "metrics.json").read_text())
+    assert third["resumed_from"] is None and third["subjects"] == first["subjects"]
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_dataset):
