@@ -22,7 +22,7 @@ from intermod.cli.register import main
 from intermod.data.datamodule import normalisation
 from intermod.evaluation.metrics import dice
 from intermod.geometry import index_to_physical, lps_to_voxel, read_displacement_field, to_array
-from intermod.inference import predict_field
+from intermod.inference import predict_field, resolve_precision
 from intermod.networks.unet import RegistrationUNet
 from intermod.registration import OUTPUT_NAMES, load_model, register_files
 from intermod.spatial import warp_labels
@@ -156,6 +156,10 @@ def test_outputs_lie_on_the_ct_grid_with_a_full_report(data, registered):
     assert set(report["timings_s"]) >= {"load", "affine", "network", "compose", "write", "total"}
     assert report["folding"]["percent_nonpositive_jacobian"] >= 0
     assert report["max_displacement_mm"] > 1.0  # the perturbed head moves voxels
+    # --precision auto: bf16 where this CPU has it natively, and the report says which ran.
+    expected = resolve_precision("auto", torch.device("cpu"))
+    assert report["network"] == {"device": "cpu", "precision": expected, "inference": "whole"}
+    assert f"(network on cpu, {expected})" in registered["stdout"]
     mi = report["mutual_information"]
     assert mi["after_affine"] > mi["before"]
     assert set(report["labels"]) == set(LABELS)
@@ -392,3 +396,21 @@ def test_real_ct_and_mr_register_end_to_end(tmp_path):
     resampled = to_array(sitk.Resample(sitk.ReadImage(str(mr_path), sitk.sitkFloat32), ct))
     registered = to_array(sitk.ReadImage(str(out / OUTPUT_NAMES["mr_warped"])))
     assert _histogram_mi(ct_values, registered) > _histogram_mi(ct_values, resampled) + 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_registration_matches_cpu(data, registered, tmp_path):
+    """--device cuda end to end: the same affine and labels as the CPU run, the field within a tenth of a mm."""
+    code, _, stderr = run("--ct", data["ct"], "--mr", data["mr"], "--checkpoint", data["checkpoint"], "--out", tmp_path,
+                          "--mr-labels", data["mr_labels"], "--device", "cuda")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["network"]["device"].startswith("cuda")
+    np.testing.assert_allclose(report["affine"]["matrix"], registered["report"]["affine"]["matrix"], atol=1e-4)
+    gpu, _ = read_displacement_field(tmp_path / OUTPUT_NAMES["field"])
+    cpu, _ = read_displacement_field(registered["out"] / OUTPUT_NAMES["field"])
+    assert np.abs(gpu - cpu).max() < 0.1
+    labels = [to_array(sitk.ReadImage(str(folder / OUTPUT_NAMES["mr_labels_warped"])))
+              for folder in (tmp_path, registered["out"])]
+    assert np.mean(labels[0] == labels[1]) > 0.999
