@@ -18,6 +18,9 @@ Defaults (``DEFAULT_OPTIONS``; ``**options`` override them, e.g. from Hydra):
   misalignment left after the inter-subject alignment. ANTsPy's ``SyN`` ignores these schedule
   options: its affine stage is fixed at 2100x1200x1200x0 iterations, shrink factors 4x2x2x1 (the
   bins and the sampling rate do apply).
+  On small images the default shrink factors are capped so the coarsest level keeps at least
+  :data:`MIN_LEVEL_VOXELS` voxels along every axis (:func:`fit_shrink_factors`): on the 4 mm phantom
+  (55x49x25) factor 6 left 9x8x4 voxels and the optimiser diverged on some subjects (Dice 0.84 -> 0.31).
 * ``syn``: ``reg_iterations=(100, 70, 20)`` at shrink factors 4x2x1 (ANTsPy derives them from the
   length). ANTsPy's default ``(40, 20, 0)`` never optimises at full resolution, too coarse for the
   prostate (~4 cm across); the schedule is ``antsRegistrationSyN.sh``'s 100x70x50x20 at 8x4x2x1
@@ -72,6 +75,15 @@ DEFAULT_OPTIONS = {
     "total_sigma": 0,
 }
 
+MIN_LEVEL_VOXELS = 12  # per axis, at the coarsest affine level
+
+
+def fit_shrink_factors(factors, shape) -> list[int]:
+    """``factors`` capped so that every level keeps >= MIN_LEVEL_VOXELS voxels along the shortest axis."""
+    cap = max(1, min(shape) // MIN_LEVEL_VOXELS)
+    return [min(int(f), cap) for f in factors]
+
+
 # Set by register_classical itself: naming one of these in ``options`` is an error, not an override.
 _RESERVED = {"fixed", "moving", "type_of_transform", "outprefix", "aff_metric", "syn_metric",
              "random_seed", "initial_transform", "write_composite_transform", "verbose"}
@@ -114,8 +126,11 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
         raise ValueError(f"seed must be in [0, 2**31 - 1), got {seed}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    merged = _registration_options(options)
+    if "aff_shrink_factors" not in options:  # a schedule given explicitly is used as it is
+        merged["aff_shrink_factors"] = fit_shrink_factors(merged["aff_shrink_factors"], ct.shape)
     job = {"type_of_transform": METHODS[method], "spacing": spacing, "ants_seed": int(seed) + 1,
-           "options": _registration_options(options)}
+           "options": merged}
 
     with ants_workdir() as workdir:
         # ANTs initialises by aligning centres of intensity mass: with CT in HU (air -1000) that

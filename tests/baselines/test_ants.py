@@ -10,7 +10,7 @@ import pytest
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from intermod.baselines import ants as baseline
-from intermod.baselines.ants import ClassicalResult, register_classical
+from intermod.baselines.ants import ClassicalResult, fit_shrink_factors, register_classical
 
 SHAPE = (48, 44, 24)
 SPACING = (4.0, 4.0, 4.0)
@@ -249,3 +249,10 @@ def test_ct_in_hounsfield_units_registers_like_shifted_ct():
     after = [dice(subject["ct_labels"], result.warped_labels, v) for v in (1, 2, 3)]
     assert np.mean(after) > np.mean(before) - 0.01, (before, after)
     assert min(after) > 0.75
+
+
+def test_shrink_factors_keep_a_coarsest_level_of_twelve_voxels():
+    assert fit_shrink_factors((6, 4, 2, 1), (218, 196, 100)) == [6, 4, 2, 1]  # 1 mm: unchanged
+    assert fit_shrink_factors((6, 4, 2, 1), (109, 98, 50)) == [4, 4, 2, 1]  # 2 mm: 27x24x12 at the top
+    assert fit_shrink_factors((6, 4, 2, 1), (55, 49, 25)) == [2, 2, 2, 1]  # 4 mm: not 9x8x4
+    assert fit_shrink_factors((6, 4, 2, 1), (20, 20, 8)) == [1, 1, 1, 1]
