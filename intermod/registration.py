@@ -35,7 +35,7 @@ import torch
 import torchio as tio
 
 import intermod
-from intermod.baselines.ants import ants_workdir
+from intermod.baselines.ants import ants_random_seed, ants_workdir
 from intermod.data.datamodule import normalisation
 from intermod.evaluation.metrics import folding_statistics, organ_metrics
 from intermod.geometry import (InputError, field_image, index_to_physical, orientation_direction, read_image,
@@ -212,7 +212,7 @@ def prealign(ct: sitk.Image, mr: sitk.Image, seed: int = 0) -> tuple[sitk.Affine
     mr_centre = _centre_of_mass(mr_search, float(np.min(to_array(mr_search))))
     fixed, moving = _to_ants(ct_search), _to_ants(mr_search)
     search_mi, starts = {}, {}
-    with ants_workdir() as workdir:
+    with ants_workdir() as workdir, ants_random_seed(seed):
         for name, rotation in ORIENTATIONS.items():
             start = sitk.AffineTransform(rotation.flatten().tolist(), (mr_centre - ct_centre).tolist(),
                                          ct_centre.tolist())
@@ -220,8 +220,7 @@ def prealign(ct: sitk.Image, mr: sitk.Image, seed: int = 0) -> tuple[sitk.Affine
             sitk.WriteTransform(start, start_file)
             rigid = ants.registration(fixed, moving, "Rigid", initial_transform=start_file, aff_metric="mattes",
                                       aff_iterations=(100,), aff_shrink_factors=(1,), aff_smoothing_sigmas=(0,),
-                                      aff_random_sampling_rate=1.0, random_seed=seed,
-                                      outprefix=str(workdir / f"search_{name}_"))
+                                      aff_random_sampling_rate=1.0, outprefix=str(workdir / f"search_{name}_"))
             # ANTs reports MI negated (a cost); the report keeps MI itself.
             search_mi[name] = -float(ants.image_mutual_information(fixed, rigid["warpedmovout"]))
             starts[name] = rigid["fwdtransforms"][0]
@@ -229,7 +228,7 @@ def prealign(ct: sitk.Image, mr: sitk.Image, seed: int = 0) -> tuple[sitk.Affine
         fixed, moving = _to_ants(_coarse(ct, AFFINE_SPACING_MM)), _to_ants(_coarse(mr, AFFINE_SPACING_MM))
         refined = ants.registration(fixed, moving, "Affine", initial_transform=starts[best], aff_metric="mattes",
                                     aff_iterations=(100, 50), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
-                                    aff_random_sampling_rate=0.2, random_seed=seed, outprefix=str(workdir / "affine_"))
+                                    aff_random_sampling_rate=0.2, outprefix=str(workdir / "affine_"))
         # ANTs collapses the start transform into its output (-z 1), so this file is the whole affine.
         transform = sitk.ReadTransform(refined["fwdtransforms"][0])
     return sitk.AffineTransform(transform), {"orientation": best, "search_mi": search_mi}

@@ -110,6 +110,23 @@ def ants_workdir(prefix: str = "intermod-ants-"):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def ants_random_seed(seed: int):
+    """Seed ANTs' random sampling for the ``ants.registration`` calls inside (in this process).
+
+    ``ants.registration`` ignores its ``random_seed`` argument and seeds from the clock otherwise;
+    ANTs reads a seed of 0 as "from the clock", hence ``seed + 1``. The previous setting is restored.
+    """
+    import ants
+
+    previous = ants.config._random_seed
+    ants.config._random_seed = int(seed) + 1
+    try:
+        yield
+    finally:
+        ants.config._random_seed = previous
+
+
 def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, spacing, method: str,
                        seed: int = 0, *, threads: int | None = 1, **options) -> ClassicalResult:
     """Register the MR (moving) to the CT (fixed) with ANTs ``affine`` or ``syn`` and Mattes MI.
