@@ -1,37 +1,47 @@
 """Seconds per CT->MR registration at 218 x 196 x 100, 1 mm (the paper's grid): intermod's network + warp
 and intermod-register end to end (reading and writing files), against ANTs SyN (Mattes MI) and ANTs affine
-on the same phantom pair, in the same run. Writes register_speed.md beside this script and prints it.
+on the same phantom pair, in the same run. Writes register_speed.md beside this script (or --out) and prints it.
 
 The network is the paper's U-Net (widths 32/64/128), untrained: its speed does not depend on its weights.
+It runs in float32 and in bfloat16 (``--precision``; intermod-register's default "auto" takes bf16 where
+the device has it natively). With ``--trained CKPT`` (an intermod-train checkpoint) the pair is also
+registered with that model in both precisions, and the table says how far apart the two results are.
 Targets: network + warp <= 0.1 s on an H100; end to end <= 15 s on a 2-core CPU (the paper: 15 s).
 
-    python experiments/benchmarks/register_speed.py [--repeats 3] [--seed 0]
+    python experiments/benchmarks/register_speed.py [--repeats 3] [--seed 0] [--trained CKPT] [--out FILE.md]
 """
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import ants
-import nibabel as nib
-import torch
+# As intermod-register does (see intermod/cli/register.py): ANTs' affine single-threaded, so repeatable.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
-from intermod.baselines.ants import ants_workdir
-from intermod.cli.synth import grid_affine
-from intermod.data.phantom import GRIDS, synthesize_subject
-from intermod.geometry import read_image, to_array
-from intermod.inference import predict_field
-from intermod.networks.unet import RegistrationUNet
-from intermod.registration import load_model, normalise, register_files
-from intermod.spatial import warp
+import argparse  # noqa: E402  (the variable must be set before ANTs and SimpleITK load)
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
+import ants  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import torch  # noqa: E402
+
+from intermod.baselines.ants import register_classical  # noqa: E402
+from intermod.cli.synth import grid_affine  # noqa: E402
+from intermod.data.phantom import GRIDS, synthesize_subject  # noqa: E402
+from intermod.geometry import read_image, to_array  # noqa: E402
+from intermod.inference import predict_field, resolve_precision  # noqa: E402
+from intermod.networks.unet import RegistrationUNet  # noqa: E402
+from intermod.registration import load_model, normalise, register_files, register_images  # noqa: E402
+from intermod.spatial import warp  # noqa: E402
+
+sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(os.cpu_count() or 1)  # SimpleITK: all cores, as in the CLI
 WIDTHS = (32, 64, 128)
 OUT = Path(__file__).with_suffix(".md")
 
@@ -56,29 +66,36 @@ def timed(function, repeats: int) -> list[float]:
     return seconds
 
 
-def write_pair(folder: Path, seed: int) -> dict[str, Path]:
-    """A phantom CT/MR pair on the paper's grid as NIfTI (RAS, 1 mm), and an untrained paper-size checkpoint."""
-    grid = GRIDS["paper"]
-    arrays = synthesize_subject(seed, grid)
-    paths = {}
-    for key in ("ct", "mr"):
-        paths[key] = folder / f"{key}.nii.gz"
-        nib.save(nib.Nifti1Image(arrays[key], grid_affine(grid)), paths[key])
+def write_checkpoint(path: Path, spacing: tuple[float, ...], seed: int) -> Path:
+    """An untrained paper-size checkpoint for a model grid of ``spacing`` mm."""
     torch.manual_seed(seed)
     net = RegistrationUNet(WIDTHS)
-    paths["checkpoint"] = folder / "paper_untrained.ckpt"
     torch.save({"state_dict": {"net." + k: v for k, v in net.state_dict().items()},
                 "intermod": {"format": 1, "labels": {}, "intermod_version": "benchmark", "method": "dual",
                              "net": {"_target_": "intermod.networks.unet.RegistrationUNet", "widths": list(WIDTHS)},
-                             "inference": "whole", "spacing": list(grid.spacing), "orientation": "RAS",
-                             "patch_size": 68, "ct_window": [-1000.0, 1000.0], "mr_percentiles": [0.5, 99.5]}},
-               paths["checkpoint"])
+                             "inference": "whole", "spacing": list(spacing), "orientation": "RAS",
+                             "patch_size": 68, "ct_window": [-160.0, 240.0], "mr_percentiles": [0.5, 99.5]}},
+               path)
+    return path
+
+
+def write_pair(folder: Path, seed: int) -> dict[str, Path]:
+    """A phantom CT/MR pair with labels on the paper's grid as NIfTI (RAS, 1 mm), and untrained
+    paper-size checkpoints for model grids of 1 mm and 2 mm."""
+    grid = GRIDS["paper"]
+    arrays = synthesize_subject(seed, grid)
+    paths = {}
+    for key in ("ct", "mr", "ct_labels", "mr_labels"):
+        paths[key] = folder / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(arrays[key], grid_affine(grid)), paths[key])
+    paths["checkpoint"] = write_checkpoint(folder / "paper_untrained.ckpt", grid.spacing, seed)
+    paths["checkpoint_2mm"] = write_checkpoint(folder / "paper_untrained_2mm.ckpt", (2.0, 2.0, 2.0), seed)
     return paths
 
 
-def network_and_warp(paths: dict[str, Path], device: str, repeats: int) -> list[float]:
+def network_and_warp(paths: dict[str, Path], device: str, precision: str, repeats: int) -> list[float]:
     """The network's forward pass and the warp of the MR, on inputs already on the model grid."""
-    model = load_model(paths["checkpoint"], device)
+    model = load_model(paths["checkpoint"], device, precision)
     ct, mr = normalise(to_array(read_image(paths["ct"])), to_array(read_image(paths["mr"])), model)
     ct, mr = ct.to(model.device), mr.to(model.device)
 
@@ -92,37 +109,70 @@ def network_and_warp(paths: dict[str, Path], device: str, repeats: int) -> list[
     return timed(step, repeats)
 
 
+def precision_agreement(paths: dict[str, Path], checkpoint: Path, device: str) -> list[str]:
+    """Register the pair with a trained model in fp32 and in bf16: how far apart are the results?"""
+    images = {key: read_image(paths[key], labels="labels" in key) for key in ("ct", "mr", "ct_labels", "mr_labels")}
+    # No affine stage: the pair shares one grid, and the difference is then the network's alone.
+    results = {precision: register_images(images["ct"], images["mr"], load_model(checkpoint, device, precision),
+                                          images["mr_labels"], images["ct_labels"], affine=False)
+               for precision in ("fp32", "bf16")}
+    difference = np.linalg.norm(results["bf16"].field - results["fp32"].field, axis=-1)
+    labels = {p: to_array(r.mr_labels_warped) for p, r in results.items()}
+    dice = {p: {organ: row["dice_after"] for organ, row in r.report["labels"].items()} for p, r in results.items()}
+    organs = ", ".join(f"{organ} {100 * dice['fp32'][organ]:.2f} / {100 * dice['bf16'][organ]:.2f}"
+                       for organ in dice["fp32"])
+    return [f"Trained model `{checkpoint}` on {device}, bf16 against fp32 on this pair (`--no-affine`): field differs by "
+            f"{difference.max():.3f} mm at most ({difference.mean():.4f} mm on average); warped MR labels agree on "
+            f"{100 * np.mean(labels['bf16'] == labels['fp32']):.3f} % of the voxels; Dice after (%, fp32 / bf16): "
+            f"{organs}."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trained", type=Path, help="a trained checkpoint: compare its bf16 and fp32 results")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"Markdown file to write (default {OUT.name} here)")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     load_before = os.getloadavg()[0]
     rows = []  # (method, device, what, seconds, target)
+    notes = []
     with tempfile.TemporaryDirectory(prefix="intermod-bench-") as tmp:
         folder = Path(tmp)
         paths = write_pair(folder, args.seed)
         for device in devices:
-            rows.append(("intermod (paper U-Net)", device, "network + warp",
-                         network_and_warp(paths, device, args.repeats), "<= 0.1 s on an H100" if device == "cuda" else ""))
-            for affine in (True, False):
-                what = "end to end with I/O" + ("" if affine else ", --no-affine")
-                seconds = timed(lambda: register_files(paths["ct"], paths["mr"], paths["checkpoint"], folder / "out",
-                                                       device=device, affine=affine), args.repeats)
-                rows.append(("intermod-register", device, what, seconds,
-                             "<= 15 s on a 2-core CPU" if device == "cpu" and affine else ""))
+            auto = resolve_precision("auto", torch.device(device))
+            notes.append(f"On {device}, `--precision auto` (the default) runs {auto}.")
+            for precision in ("fp32", "bf16"):
+                rows.append(("intermod (paper U-Net)", device, f"network + warp, {precision}",
+                             network_and_warp(paths, device, precision, args.repeats),
+                             "<= 0.1 s on an H100" if device == "cuda" else ""))
+
+            def end_to_end(checkpoint="checkpoint", precision="auto", affine=True):
+                return timed(lambda: register_files(paths["ct"], paths["mr"], paths[checkpoint], folder / "out",
+                                                    device=device, affine=affine, precision=precision), args.repeats)
+
+            rows.append(("intermod-register", device, f"end to end with I/O ({auto})", end_to_end(),
+                         "<= 15 s on a 2-core CPU" if device == "cpu" else ""))
+            rows.append(("intermod-register", device, "end to end with I/O, --precision fp32",
+                         end_to_end(precision="fp32"), ""))
+            rows.append(("intermod-register", device, f"end to end with I/O, --no-affine ({auto})",
+                         end_to_end(affine=False), ""))
+            rows.append(("intermod-register, model grid 2 mm", device, f"end to end with I/O ({auto})",
+                         end_to_end("checkpoint_2mm"), ""))
+            if args.trained:
+                notes += precision_agreement(paths, args.trained, device)
         command = [sys.executable, "-m", "intermod.cli.register", "--ct", str(paths["ct"]), "--mr", str(paths["mr"]),
                    "--checkpoint", str(paths["checkpoint"]), "--out", str(folder / "cli")]
         rows.append(("intermod-register", "cpu", "new process (imports + end to end)",
                      timed(lambda: subprocess.run(command, check=True, capture_output=True), 1), ""))
-        fixed, moving = ants.image_read(str(paths["ct"])), ants.image_read(str(paths["mr"]))
-        for name, transform in (("ANTs SyN (Mattes MI)", "SyN"), ("ANTs affine (Mattes MI)", "Affine")):
-            def register():
-                with ants_workdir() as workdir:
-                    ants.registration(fixed, moving, transform, aff_metric="mattes", syn_metric="mattes",
-                                      random_seed=args.seed, outprefix=str(workdir) + "/")
-            rows.append((name, "cpu", "registration + warp (ANTsPy defaults)", timed(register, 1), ""))
+        arrays = {key: np.asarray(nib.load(paths[key]).dataobj) for key in ("ct", "mr", "mr_labels")}
+        for name, method in (("ANTs SyN (Mattes MI)", "syn"), ("ANTs affine (Mattes MI)", "affine")):
+            result = register_classical(arrays["ct"].astype(np.float32), arrays["mr"].astype(np.float32),
+                                        arrays["mr_labels"], GRIDS["paper"].spacing, method, args.seed, threads=None)
+            rows.append((name, "cpu", f"registration + label warp + field, all cores (`method={method}`)",
+                         [result.seconds], ""))
 
     grid = GRIDS["paper"]
     lines = ["# Registration speed", "",
@@ -137,12 +187,17 @@ def main() -> None:
         spread = f" ({min(seconds):.2f}-{max(seconds):.2f})" if len(seconds) > 1 else ""
         lines.append(f"| {method} | {device} | {what} | {statistics.median(seconds):.2f}{spread} | {len(seconds)} "
                      f"| {target} |")
+    lines += [""] + notes
     lines += ["", "End to end = read, resample to the model grid, affine pre-alignment (orientation search + ANTs "
-              "affine at 4 mm), network + warp, compose the field on the CT grid, warp the MR, report metrics, "
-              "write all files. ANTs' own timings exclude reading the images.",
+              "affine at 4 mm), network + warp, compose the field on the CT grid, warp the MR, "
+              "report metrics, write all files; ANTs single-threaded as in `intermod-register` (repeatable). \"model grid 2 mm\": the same network trained on 2 mm data (as "
+              "`make demo`'s), so it runs on 8x fewer voxels. The ANTs rows are Table 1's baselines (intermod's settings, "
+              "`intermod/baselines/ants.py`) on all cores, timed inside their process.",
               f"Written by `experiments/benchmarks/register_speed.py` on {time.strftime('%Y-%m-%d')}."]
     text = "\n".join(lines) + "\n"
-    OUT.write_text(text)
+    partial = args.out.with_name(f".{args.out.name}.partial")
+    partial.write_text(text)
+    partial.replace(args.out)
     print(text)
 
 
