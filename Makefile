@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCALE ?= full
 TABLE1 := $(if $(filter smoke,$(SCALE)),table1_smoke,table1)
 
-.PHONY: install demo test test-all figure reproduce-table1 clean
+.PHONY: install demo test test-all figure reproduce-table1 pairs-vs-exact clean
 
 install: $(STAMP)
 
@@ -31,6 +31,20 @@ demo: $(STAMP)
 reproduce-table1: $(STAMP)
 	$(BIN)/intermod-train -m experiment=$(TABLE1)
 	$(BIN)/intermod-table1 outputs/multiruns/$(TABLE1) --out-dir experiments/table1 --name $(TABLE1)
+
+# Training on intermod-pair's pairs vs on the phantom's exact ones, at the demo's scale (folds 0-2), and the
+# smoke Table 1 both ways: experiments/pairing/. About 1.5 h on 2 CPU cores, most of it pairing 15 subjects.
+pairs-vs-exact: $(STAMP)
+	$(BIN)/intermod-train -m experiment=demo name=demo_exact_pairs fold=0,1,2
+	$(BIN)/intermod-pair data/phantom_small data/phantom_small_made
+	$(BIN)/intermod-train -m experiment=demo_made_pairs fold=0,1,2
+	$(BIN)/python experiments/pairing/compare_tables.py outputs/multiruns/demo_exact_pairs \
+		outputs/multiruns/demo_made_pairs --out experiments/pairing/demo_made_vs_exact.md
+	$(BIN)/intermod-train -m experiment=table1_smoke
+	$(BIN)/intermod-pair data/phantom_tiny data/phantom_tiny_made
+	$(BIN)/intermod-train -m experiment=table1_smoke_made_pairs
+	$(BIN)/python experiments/pairing/compare_tables.py outputs/multiruns/table1_smoke \
+		outputs/multiruns/table1_smoke_made_pairs --out experiments/pairing/table1_smoke_made_vs_exact.md
 
 figure: $(STAMP)
 	$(BIN)/intermod-figure
