@@ -37,6 +37,7 @@ from intermod.cli.synth import grid_affine  # noqa: E402
 from intermod.data.phantom import GRIDS, synthesize_subject  # noqa: E402
 from intermod.geometry import read_image, to_array  # noqa: E402
 from intermod.inference import predict_field, resolve_precision  # noqa: E402
+from intermod.io import atomic_write_text  # noqa: E402
 from intermod.networks.unet import RegistrationUNet  # noqa: E402
 from intermod.registration import load_model, normalise, register_files, register_images  # noqa: E402
 from intermod.spatial import warp  # noqa: E402
@@ -195,9 +196,7 @@ def main() -> None:
               "`intermod/baselines/ants.py`) on all cores, timed inside their process.",
               f"Written by `experiments/benchmarks/register_speed.py` on {time.strftime('%Y-%m-%d')}."]
     text = "\n".join(lines) + "\n"
-    partial = args.out.with_name(f".{args.out.name}.partial")
-    partial.write_text(text)
-    partial.replace(args.out)
+    atomic_write_text(args.out, text)
     print(text)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from intermod.evaluation.table import (METRICS, Metric, build_table, cell_statistics, collect, display_name,
                                        format_cell, format_p, paired_wilcoxon, subject_values)
+from intermod.io import atomic_write_text
 
 
 def before_registration(jobs, method: str, metric: Metric, organ: str) -> str:
@@ -69,9 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="Markdown file to write")
     args = parser.parse_args()
     text = compare(args.exact_dir, args.made_dir)
-    partial = args.out.with_name(f".{args.out.name}.partial")
-    partial.write_text(text)
-    partial.replace(args.out)
+    atomic_write_text(args.out, text)
     print(text)
 
 
