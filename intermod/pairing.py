@@ -62,7 +62,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,7 +72,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from intermod.baselines.ants import DEFAULT_OPTIONS, ants_workdir
+from intermod.baselines.ants import DEFAULT_OPTIONS, ants_random_seed, ants_workdir, run_in_child
 from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, file_name, load_dataset,
                                   replace_folder, write_dataset_json, write_subject, write_volumes)
 from intermod.data.phantom import warp_array
@@ -99,7 +98,6 @@ LABEL_OPTIONS = {"reg_iterations": (100, 100, 200), "grad_step": 0.2, "flow_sigm
 LABEL_SMOOTHING = 0.5  # voxels, Gaussian sigma of the one-hot organ maps
 METHOD = ("SyN (ANTs, Mattes MI) then label-driven SyN (ANTs, mean squares on smoothed one-hot "
           "organ maps) standing in for the paper's Demons")
-_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 class PairingInputError(ValueError):
@@ -394,15 +392,7 @@ def run_pairing_job(workdir: Path, job: dict, threads: int | None) -> dict:
     return its outputs (arrays on the CT grid, voxel fields, seconds). The transforms are left in
     ``workdir/transforms``."""
     (workdir / "job.json").write_text(json.dumps(job))
-    env = dict(os.environ)
-    if threads is not None:
-        env[_THREADS_ENV] = str(threads)
-    package_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", __name__, str(workdir)], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"ANTs pairing of {job['paths']['ct']} failed (exit code {proc.returncode}):\n{tail}")
+    run_in_child(__name__, workdir, threads, f"ANTs pairing of {job['paths']['ct']} failed")
     with np.load(workdir / "result.npz") as result:
         out = {key: result[key] for key in result.files if key != "seconds"}
     out["seconds"] = json.loads((workdir / "seconds.json").read_text())
@@ -412,11 +402,15 @@ def run_pairing_job(workdir: Path, job: dict, threads: int | None) -> dict:
 
 
 def _pair_files(workdir: Path) -> None:
-    """The child's work: stages 1-3 on the files named in ``workdir/job.json``."""
+    """The child's work: stages 1-3 on the files named in ``workdir/job.json``, seeded."""
+    job = json.loads((workdir / "job.json").read_text())
+    with ants_random_seed(job["seed"]):
+        _pair_stages(workdir, job)
+
+
+def _pair_stages(workdir: Path, job: dict) -> None:
     import ants
 
-    job = json.loads((workdir / "job.json").read_text())
-    ants.config.set_ants_deterministic(False, job["seed"] + 1)  # only sets --random-seed; 0 means clock
     ct, mr, ct_labels, mr_labels = (ants.image_read(job["paths"][k]) for k in SOURCE_KEYS)
     transforms = workdir / TRANSFORMS_DIR
     transforms.mkdir()

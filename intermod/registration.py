@@ -135,8 +135,8 @@ def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -
     """Load a network checkpoint written by :class:`intermod.module.RegistrationModule`.
 
     ``precision``: "fp32", "bf16" or "auto" (bf16 where the device has it natively, see
-    :mod:`intermod.inference`). Refuses (:class:`InputError` naming ``path``) files that are not intermod checkpoints, checkpoints of
-    another format version and runs of baseline methods, which hold no network.
+    :mod:`intermod.inference`). Refuses (:class:`InputError` naming ``path``) files that are not intermod
+    checkpoints, checkpoints of another format version and runs of baseline methods, which hold no network.
     """
     path = Path(path)
     torch_device = select_device(device)
@@ -171,8 +171,9 @@ def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -
         orientation_direction(meta["orientation"])
         if meta["inference"] not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {meta['inference']!r}")
-        model = Model(net=InferenceNetwork(net, precision).to(torch_device), spacing=spacing, orientation=str(meta["orientation"]),
-                      inference=meta["inference"], ct_window=_pair(meta["ct_window"], "ct_window"),
+        model = Model(net=InferenceNetwork(net, precision).to(torch_device), spacing=spacing,
+                      orientation=str(meta["orientation"]), inference=meta["inference"],
+                      ct_window=_pair(meta["ct_window"], "ct_window"),
                       mr_percentiles=_pair(meta["mr_percentiles"], "mr_percentiles"),
                       labels={str(k): int(v) for k, v in (meta.get("labels") or {}).items()}, method=str(method),
                       device=torch_device, precision=precision)

@@ -12,12 +12,12 @@ Targets: network + warp <= 0.1 s on an H100; end to end <= 15 s on a 2-core CPU 
 """
 from __future__ import annotations
 
-import os
+from intermod.baselines.ants import register_classical, single_threaded_ants
 
-# As intermod-register does (see intermod/cli/register.py): ANTs' affine single-threaded, so repeatable.
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+single_threaded_ants()  # as intermod-register does, before ANTs loads: its pre-alignment is repeatable
 
-import argparse  # noqa: E402  (the variable must be set before ANTs and SimpleITK load)
+import argparse  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -29,10 +29,8 @@ from pathlib import Path  # noqa: E402
 import ants  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-from intermod.baselines.ants import register_classical  # noqa: E402
 from intermod.cli.synth import grid_affine  # noqa: E402
 from intermod.data.phantom import GRIDS, synthesize_subject  # noqa: E402
 from intermod.geometry import read_image, to_array  # noqa: E402
@@ -42,7 +40,6 @@ from intermod.networks.unet import RegistrationUNet  # noqa: E402
 from intermod.registration import load_model, normalise, register_files, register_images  # noqa: E402
 from intermod.spatial import warp  # noqa: E402
 
-sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(os.cpu_count() or 1)  # SimpleITK: all cores, as in the CLI
 WIDTHS = (32, 64, 128)
 OUT = Path(__file__).with_suffix(".md")
 
@@ -122,7 +119,8 @@ def precision_agreement(paths: dict[str, Path], checkpoint: Path, device: str) -
     dice = {p: {organ: row["dice_after"] for organ, row in r.report["labels"].items()} for p, r in results.items()}
     organs = ", ".join(f"{organ} {100 * dice['fp32'][organ]:.2f} / {100 * dice['bf16'][organ]:.2f}"
                        for organ in dice["fp32"])
-    return [f"Trained model `{checkpoint}` on {device}, bf16 against fp32 on this pair (`--no-affine`): field differs by "
+    return [f"Trained model `{checkpoint}` on {device}, bf16 against fp32 on this pair (`--no-affine`): "
+            "field differs by "
             f"{difference.max():.3f} mm at most ({difference.mean():.4f} mm on average); warped MR labels agree on "
             f"{100 * np.mean(labels['bf16'] == labels['fp32']):.3f} % of the voxels; Dice after (%, fp32 / bf16): "
             f"{organs}."]
@@ -191,7 +189,8 @@ def main() -> None:
     lines += [""] + notes
     lines += ["", "End to end = read, resample to the model grid, affine pre-alignment (orientation search + ANTs "
               "affine at 4 mm), network + warp, compose the field on the CT grid, warp the MR, "
-              "report metrics, write all files; ANTs single-threaded as in `intermod-register` (repeatable). \"model grid 2 mm\": the same network trained on 2 mm data (as "
+              "report metrics, write all files; ANTs single-threaded as in `intermod-register` (repeatable). "
+              "\"model grid 2 mm\": the same network trained on 2 mm data (as "
               "`make demo`'s), so it runs on 8x fewer voxels. The ANTs rows are Table 1's baselines (intermod's settings, "
               "`intermod/baselines/ants.py`) on all cores, timed inside their process.",
               f"Written by `experiments/benchmarks/register_speed.py` on {time.strftime('%Y-%m-%d')}."]

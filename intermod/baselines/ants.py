@@ -30,7 +30,7 @@ Defaults (``DEFAULT_OPTIONS``; ``**options`` override them, e.g. from Hydra):
 Determinism. The affine stages sample the MI at random. Two facts of ANTsPy 0.6.3 / ANTs:
 
 * ``ants.registration(random_seed=...)`` is swallowed by ``**kwargs`` and ignored; the seed given to
-  ``antsRegistration --random-seed`` comes from ``ants.config.set_ants_deterministic``. ANTs reads
+  ``antsRegistration --random-seed`` comes from ``ants.config`` (:func:`ants_random_seed`). ANTs reads
   a seed of 0 as "seed from the clock", so ANTs gets ``seed + 1``.
 * Even with a fixed seed, runs differ unless ITK runs single-threaded, and ITK honours
   ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` only if it is in the environment from before ANTs is
@@ -110,6 +110,20 @@ def ants_workdir(prefix: str = "intermod-ants-"):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def single_threaded_ants() -> None:
+    """Make this process's ANTs registrations repeatable: ITK single-threaded, unless the user set a count.
+
+    Call before ANTs loads: its ITK reads the thread count from the environment only. SimpleITK's ITK
+    reads the same variable, so SimpleITK is given all cores back explicitly.
+    """
+    if _THREADS_ENV in os.environ:
+        return
+    os.environ[_THREADS_ENV] = "1"
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(os.cpu_count() or 1)
+
+
 @contextmanager
 def ants_random_seed(seed: int):
     """Seed ANTs' random sampling for the ``ants.registration`` calls inside (in this process).
@@ -146,8 +160,7 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
     merged = _registration_options(options)
     if "aff_shrink_factors" not in options:  # a schedule given explicitly is used as it is
         merged["aff_shrink_factors"] = fit_shrink_factors(merged["aff_shrink_factors"], ct.shape)
-    job = {"type_of_transform": METHODS[method], "spacing": spacing, "ants_seed": int(seed) + 1,
-           "options": merged}
+    job = {"type_of_transform": METHODS[method], "spacing": spacing, "seed": int(seed), "options": merged}
 
     with ants_workdir() as workdir:
         # ANTs initialises by aligning centres of intensity mass: with CT in HU (air -1000) that
@@ -157,7 +170,7 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
         np.save(workdir / "mr.npy", (mr - mr_min).astype(np.float32))
         np.save(workdir / "labels.npy", mr_labels.astype(np.float32))
         (workdir / "job.json").write_text(json.dumps(job))
-        _run_child(workdir, threads)
+        run_in_child(__name__, workdir, threads, "ANTs registration failed")
         with np.load(workdir / "result.npz") as out:
             return ClassicalResult(
                 warped=out["warped"] + np.float32(mr_min),  # undo the shift; outside the MR grid: its minimum
@@ -214,18 +227,20 @@ def _is_sequence(value) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
 
 
-def _run_child(workdir: Path, threads: int | None) -> None:
-    """Run ``_register_files`` on ``workdir`` in a fresh process with ITK's thread count set."""
+def run_in_child(module: str, workdir: Path, threads: int | None, failure: str) -> None:
+    """Run ``python -m module workdir`` in a fresh process with ITK's thread count set before ANTs loads.
+
+    Raises RuntimeError starting with ``failure`` and ending with the child's last lines when it fails.
+    """
     env = dict(os.environ)
     if threads is not None:
         env[_THREADS_ENV] = str(threads)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", __name__, str(workdir)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", module, str(workdir)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"ANTs registration failed (exit code {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{failure} (exit code {proc.returncode}):\n{tail}")
 
 
 def _register_files(workdir: Path) -> None:
@@ -236,15 +251,14 @@ def _register_files(workdir: Path) -> None:
     spacing = job["spacing"]
     # ANTsPy formats an affine schedule only when it is a tuple.
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in job["options"].items()}
-    ants.config.set_ants_deterministic(False, job["ants_seed"])  # only sets --random-seed
     fixed = _to_ants(np.load(workdir / "ct.npy"), spacing, ants)
     moving = _to_ants(np.load(workdir / "mr.npy"), spacing, ants)
     labels = _to_ants(np.load(workdir / "labels.npy"), spacing, ants)
 
     start = time.perf_counter()
-    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform=job["type_of_transform"],
-                            aff_metric="mattes", syn_metric="mattes", outprefix=f"{workdir}/",
-                            **options)
+    with ants_random_seed(job["seed"]):
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform=job["type_of_transform"],
+                                aff_metric="mattes", syn_metric="mattes", outprefix=f"{workdir}/", **options)
     transforms = reg["fwdtransforms"]
     not_inverted = [False] * len(transforms)  # forward list: never invert, whatever ANTsPy guesses
     warped_labels = ants.apply_transforms(fixed, labels, transforms, interpolator="genericLabel",

@@ -8,12 +8,9 @@ inputs it prints one line on stderr, exits with status 2 and leaves DIR as it wa
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 __all__ = ["main"]
-
-ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,18 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # ANTs' affine gives the same transform on every run only single-threaded, and its ITK reads the
-    # thread count from the environment only (once, on first use). SimpleITK's ITK reads the same
-    # variable, so its resampling is given the cores back explicitly.
-    threads_set = ITK_THREADS in os.environ
-    os.environ.setdefault(ITK_THREADS, "1")
-    # Imported here so that --help answers at once (torch, ANTs and Lightning take seconds to load).
-    import SimpleITK as sitk
+    # Before ANTs loads (see single_threaded_ants): the same inputs then give the same files.
+    from intermod.baselines.ants import single_threaded_ants
 
+    single_threaded_ants()
+    # Imported here so that --help answers at once (torch, ANTs and Lightning take seconds to load).
     from intermod.geometry import InputError
     from intermod.registration import register_files
-    if not threads_set:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(os.cpu_count() or 1)
 
     try:
         report = register_files(args.ct, args.mr, args.checkpoint, args.out, mr_labels=args.mr_labels,

@@ -181,14 +181,14 @@ def test_no_temp_files_left_when_a_call_raises(private_tmp, pair, monkeypatch):
         register_classical(ct, mr, mr_labels, SPACING, "affine", aff_iterations=[10, 10])
     assert list(private_tmp.iterdir()) == []
 
-    real_run_child = baseline._run_child
+    real_run_in_child = baseline.run_in_child
 
-    def run_then_fail(workdir, threads):
-        real_run_child(workdir, threads)
+    def run_then_fail(module, workdir, threads, failure):
+        real_run_in_child(module, workdir, threads, failure)
         assert any(workdir.glob("*GenericAffine.mat"))  # ANTs' own files are in our folder
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(baseline, "_run_child", run_then_fail)
+    monkeypatch.setattr(baseline, "run_in_child", run_then_fail)
     with pytest.raises(KeyboardInterrupt):
         register_classical(ct, mr, mr_labels, SPACING, "affine", aff_iterations=[20, 10, 0, 0])
     assert list(private_tmp.iterdir()) == []
