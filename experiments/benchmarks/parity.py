@@ -34,6 +34,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from intermod.cli import CONF_DIR
+from intermod.io import atomic_write_json, atomic_write_text
 from intermod.runner import METRICS_FILE, run
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # see STACK-NOTES
@@ -179,10 +180,10 @@ def main() -> None:
         setting += " **Smoke run** (tiny grid, narrow net, CPU): checks that the script works, says nothing of parity."
     report = {"device": device, "setting": setting, "runs": runs, "comparisons": comparisons,
               "command": "python experiments/benchmarks/parity.py " + " ".join(sys.argv[1:])}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    out, text = Path(args.out), markdown(report)
+    atomic_write_json(out.with_suffix(".json"), report)
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
 
 
 if __name__ == "__main__":

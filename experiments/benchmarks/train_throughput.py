@@ -42,6 +42,7 @@ from intermod.cli import CONF_DIR
 from intermod.cli.synth import synthesize_dataset
 from intermod.data.datamodule import PairedDataModule
 from intermod.data.gpu_sampler import DevicePatchDataModule, DevicePatches
+from intermod.io import atomic_write_json, atomic_write_text
 from intermod.losses import RegistrationLoss
 from intermod.module import RegistrationModule
 from intermod.networks.unet import RegistrationUNet
@@ -555,10 +556,10 @@ def main() -> None:
                         "layer_gflop": layer_total / 1e9, "layer_forward_gflop": layer_forward / 1e9,
                         "paper_counted_gflop": paper_total / 1e9, "paper_forward_gflop": paper_forward / 1e9},
               "setups": rows, "data_paths": data_rows, "profiles": profiles}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    out, text = Path(args.out), markdown(report)
+    atomic_write_json(out.with_suffix(".json"), report)
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from intermod.evaluation.table import (METRICS, Metric, build_table, cell_statis
 from intermod.io import atomic_write_text
 
 
-def before_registration(jobs, method: str, metric: Metric, organ: str) -> str:
-    """The metric before registration on the method's test subjects (the starting point both runs share)."""
-    values = [json.loads(job.path.read_text())["subjects"][subject]["organs"][organ][f"{metric.key}_before"]
+def before_registration(metrics: dict, jobs, method: str, metric: Metric, organ: str) -> str:
+    """The metric before registration on the method's test subjects (the starting point both runs share);
+    ``metrics``: each job's metrics.json, read once."""
+    values = [metrics[job.path]["subjects"][subject]["organs"][organ][f"{metric.key}_before"]
               for job in jobs if job.method == method for subject in job.values[metric.key, organ]]
     return format_cell(cell_statistics([math.nan if v is None else v for v in values], metric.scale), metric.digits)
 
@@ -32,6 +33,7 @@ def compare(exact_dir: Path, made_dir: Path) -> str:
     exact, made = collect(exact_dir), collect(made_dir)
     exact_table, made_table = build_table(exact), build_table(made)
     methods = [m for m in exact_table.methods if m in made_table.methods]
+    metrics = {job.path: json.loads(job.path.read_text()) for job in exact.jobs}
     lines = ["# Trained on intermod-pair's pairs vs on the phantom's exact pairs", "",
              f"Exact pairs: `{exact_dir}`. Made pairs: `{made_dir}`. Each cell: mean ± sample std over the test "
              "subjects of all folds pooled; Δ = made - exact; p: paired two-sided Wilcoxon over (fold, subject)."
@@ -51,7 +53,7 @@ def compare(exact_dir: Path, made_dir: Path) -> str:
                 cells = exact_table.cells[metric.key, organ, method], made_table.cells[metric.key, organ, method]
                 delta = cells[1].mean - cells[0].mean
                 lines.append(f"| {metric.label} | {organ} | {display_name(method)} | "
-                             f"{before_registration(exact.jobs, method, metric, organ)} | "
+                             f"{before_registration(metrics, exact.jobs, method, metric, organ)} | "
                              f"{format_cell(cells[0], metric.digits)} | {format_cell(cells[1], metric.digits)} | "
                              f"{delta:+.{metric.digits}f} | "
                              f"{format_p(test, marks) if math.isfinite(delta) else '—'} |")
