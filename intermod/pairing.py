@@ -76,7 +76,7 @@ from intermod.baselines.ants import DEFAULT_OPTIONS, ants_random_seed, ants_work
 from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, file_name, load_dataset,
                                   replace_folder, write_dataset_json, write_subject, write_volumes)
 from intermod.data.phantom import warp_array
-from intermod.evaluation.metrics import dice, folding_statistics
+from intermod.evaluation.metrics import dice, folding_statistics, ncc
 from intermod.io import atomic_write_json
 
 SOURCE_KEYS = ("ct", "mr", "ct_labels", "mr_labels")
@@ -367,13 +367,6 @@ def _pair_cell(directions: dict) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Image measures
-
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Global normalised cross-correlation."""
-    a = a.astype(np.float64).ravel() - a.mean()
-    b = b.astype(np.float64).ravel() - b.mean()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
 
 def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     """Mutual information (nats) of two images from their joint histogram (``bins`` per axis)."""

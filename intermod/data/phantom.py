@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from intermod.evaluation.metrics import dice
+from intermod.evaluation.metrics import dice, ncc
 
 __all__ = ["Grid", "GRIDS", "LABELS", "TISSUES", "Deformation", "Phantom", "synthesize_subject",
            "synthesize_phantom", "difficulty_report", "warp_array", "grid_points"]
@@ -140,15 +140,6 @@ def warp_array(image: np.ndarray, field: np.ndarray, order: int = 1) -> np.ndarr
     coords = np.indices(image.shape, dtype=np.float32)
     coords += np.moveaxis(field, -1, 0)
     return ndimage.map_coordinates(image, coords, order=order, mode="nearest", output=image.dtype)
-
-
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    """Global normalised cross-correlation (the paper's Eq. 3 similarity)."""
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    a -= a.mean()
-    b -= b.mean()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _upsample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -929,7 +920,7 @@ def difficulty_report(subject: dict[str, np.ndarray]) -> dict[str, dict[str, flo
                       "dice_gt": dice(ct_labels == v, mr_labels_warped == v)}
               for organ, v in LABELS.items()}
     report["images"] = {
-        "ncc_ct_vs_ct_paired_warped": _ncc(subject["ct"], warp_array(subject["ct_paired"], u)),
-        "ncc_mr_paired_vs_mr_warped": _ncc(subject["mr_paired"], warp_array(subject["mr"], u)),
+        "ncc_ct_vs_ct_paired_warped": ncc(subject["ct"], warp_array(subject["ct_paired"], u)),
+        "ncc_mr_paired_vs_mr_warped": ncc(subject["mr_paired"], warp_array(subject["mr"], u)),
     }
     return report

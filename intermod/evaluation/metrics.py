@@ -20,6 +20,13 @@ from scipy import ndimage
 _MIN_POSITIVE_JACOBIAN = 1e-9
 
 
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Global normalised cross-correlation of two images (the paper's Eq. 3 similarity), in [-1, 1]."""
+    a = a.astype(np.float64).ravel() - a.mean()
+    b = b.astype(np.float64).ravel() - b.mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two boolean masks; 1.0 when both are empty (nothing to disagree on)."""
     a = np.asarray(a, dtype=bool)

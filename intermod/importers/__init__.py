@@ -36,12 +36,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermod.data.layout import DATASET_JSON, LABEL_KEYS, file_name, write_dataset_json
+from intermod.geometry import ras_affine
 from intermod.pairing import MAX_LABEL_VALUE, SOURCE_KEYS, write_source_subject
 
 DATASETS = {"goldatlas": "intermod.importers.goldatlas",
             "synthrad2023": "intermod.importers.synthrad",
             "learn2reg-abdomenmrct": "intermod.importers.learn2reg"}
-RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 class ImportDataError(ValueError):
@@ -194,8 +194,4 @@ def on_reference_grid(images: dict[str, sitk.Image], spacing: Sequence[float] | 
         interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
         resampled = sitk.Resample(image, grid, sitk.Transform(), interpolator, default, image.GetPixelID())
         arrays[key] = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
-    index_to_lps = np.asarray(grid.GetDirection()).reshape(3, 3) * np.asarray(grid.GetSpacing())
-    affine = np.eye(4)
-    affine[:3, :3] = RAS_FROM_LPS @ index_to_lps
-    affine[:3, 3] = RAS_FROM_LPS @ np.asarray(grid.GetOrigin())
-    return arrays, affine
+    return arrays, ras_affine(grid)

@@ -14,6 +14,7 @@ from intermod.evaluation.metrics import (
     hausdorff95,
     jacobian_determinant,
     mask_surface,
+    ncc,
     organ_metrics,
 )
 
@@ -40,6 +41,14 @@ def blobs(shape, seed, threshold):
 
 
 # ---------------------------------------------------------------- Dice
+
+
+def test_ncc_is_one_for_affine_copies_and_minus_one_for_negatives():
+    image = np.random.default_rng(0).random((9, 8, 7)).astype(np.float32)
+    assert ncc(image, image) == pytest.approx(1.0)
+    assert ncc(image, 2.5 * image + 3.0) == pytest.approx(1.0)  # invariant to gain and offset
+    assert ncc(image, -image) == pytest.approx(-1.0)
+    assert abs(ncc(image, np.random.default_rng(1).random((9, 8, 7)))) < 0.2
 
 
 def test_dice_identical_disjoint_empty():

@@ -23,7 +23,7 @@ from intermod.cli.import_data import main
 from intermod.cli.pair import main as pair_main
 from intermod.data.layout import check_dataset
 from intermod.evaluation.metrics import dice
-from intermod.importers import RAS_FROM_LPS
+from intermod.geometry import RAS_FROM_LPS
 from intermod.importers.goldatlas import rasterise_roi
 
 # The analytic anatomy (LPS mm): name -> (centre, radii, CT HU, MR value). The MR shows it shifted.
