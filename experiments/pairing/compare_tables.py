@@ -16,8 +16,8 @@ import math
 import time
 from pathlib import Path
 
-from intermod.evaluation.table import (METRICS, Metric, build_table, cell_statistics, collect, display_name,
-                                       format_cell, format_p, paired_wilcoxon, subject_values)
+from intermod.evaluation.table import (METRICS, Metric, NoResultsError, build_table, cell_statistics, collect,
+                                       display_name, format_cell, format_p, paired_wilcoxon, subject_values)
 from intermod.io import atomic_write_text
 
 
@@ -71,7 +71,10 @@ def main() -> None:
     parser.add_argument("made_dir", type=Path, help="the same run(s) trained on intermod-pair's pairs")
     parser.add_argument("--out", type=Path, required=True, help="Markdown file to write")
     args = parser.parse_args()
-    text = compare(args.exact_dir, args.made_dir)
+    try:
+        text = compare(args.exact_dir, args.made_dir)
+    except NoResultsError as err:
+        parser.error(str(err))  # one line naming the folder, exit code 2, nothing written
     atomic_write_text(args.out, text)
     print(text)
 
