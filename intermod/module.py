@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from intermod.evaluation.report import evaluate_subject
+from intermod.evaluation.report import IMAGE_METRICS, evaluate_subject
 from intermod.inference import register_volumes
 from intermod.losses import RegistrationLoss
 
@@ -18,8 +18,8 @@ CHECKPOINT_FORMAT = 1
 class RegistrationModule(pl.LightningModule):
     """Trains ``net`` on patches with ``loss``; validates and tests by registering whole volumes.
 
-    Validation logs the whole-volume loss and Dice/ASD per organ (``val/dice_mean`` picks the best
-    checkpoint). Test results are kept in ``test_results`` (subject -> metrics) for metrics.json.
+    Validation logs the whole-volume loss, image similarity and, where the dataset has organ labels,
+    Dice/ASD per organ (``val/dice_mean``, else ``val/loss``, picks the best checkpoint). Test results are kept in ``test_results`` (subject -> metrics) for metrics.json.
     ``compile``: torch.compile the network (``compile_mode``: torch.compile's ``mode``) when the trainer
     configures the model; in place, so checkpoints keep the eager network's parameter names.
     """
@@ -72,19 +72,23 @@ class RegistrationModule(pl.LightningModule):
 
     def _evaluate(self, batch: dict, out: dict[str, torch.Tensor]) -> dict:
         def numpy(t: torch.Tensor) -> np.ndarray:
-            return t[0].squeeze(0).cpu().numpy()
-        return evaluate_subject(numpy(batch["ct_labels"]), numpy(batch["mr_labels"]), numpy(out["mr_labels_warped"]),
-                                out["field"][0].float().cpu().numpy(), self.labels, batch["spacing"][0].tolist())
+            return t[0].squeeze(0).float().cpu().numpy()
+        volumes = {key: numpy(batch[key]) for key in ("ct", "mr", "mr_paired", "ct_labels", "mr_labels")}
+        volumes.update({key: numpy(out[key]) for key in ("mr_warped", "mr_labels_warped")})
+        return evaluate_subject(volumes, out["field"][0].float().cpu().numpy(), self.labels,
+                                batch["spacing"][0].tolist())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._register(batch)
         loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
         result = self._evaluate(batch, out)
-        dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
-        asd = {organ: v["asd_after"] for organ, v in result["organs"].items()}
-        metrics = {"val/loss": loss, "val/dice_mean": float(np.mean(list(dice.values())))}
-        metrics.update({f"val/dice_{organ}": v for organ, v in dice.items()})
-        metrics.update({f"val/asd_{organ}": v for organ, v in asd.items() if np.isfinite(v)})
+        metrics = {"val/loss": loss, **{f"val/{m}": result["images"][f"{m}_after"] for m in IMAGE_METRICS}}
+        if result["organs"]:
+            dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
+            metrics["val/dice_mean"] = float(np.mean(list(dice.values())))
+            metrics.update({f"val/dice_{organ}": v for organ, v in dice.items()})
+            metrics.update({f"val/asd_{organ}": v["asd_after"] for organ, v in result["organs"].items()
+                            if np.isfinite(v["asd_after"])})
         self.log_dict(metrics, batch_size=1, sync_dist=True)
         if (batch_idx == 0 and self.figure_callback is not None and self.trainer.is_global_zero
                 and not self.trainer.sanity_checking):

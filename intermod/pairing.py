@@ -73,10 +73,10 @@ import nibabel as nib
 import numpy as np
 
 from intermod.baselines.ants import DEFAULT_OPTIONS, ants_random_seed, ants_workdir, run_in_child
-from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, file_name, load_dataset,
+from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, DatasetSpec, file_name, load_dataset,
                                   replace_folder, write_dataset_json, write_subject, write_volumes)
 from intermod.data.phantom import warp_array
-from intermod.evaluation.metrics import dice, folding_statistics, ncc
+from intermod.evaluation.metrics import dice, folding_statistics, mutual_information, ncc
 from intermod.io import atomic_write_json
 
 SOURCE_KEYS = ("ct", "mr", "ct_labels", "mr_labels")
@@ -121,24 +121,12 @@ class PairingOptions:
 
 
 @dataclass(frozen=True)
-class Source:
+class Source(DatasetSpec):
     """A dataset to pair: dataset.json and, per subject, ``SOURCE_KEYS`` (+ provided pairs)."""
-
-    root: Path
-    labels: dict[str, int]
-    subjects: tuple[str, ...]
-    meta: dict
-
-    @property
-    def label_free(self) -> bool:
-        return bool(self.meta.get("label_free", False))
 
     @property
     def provided(self) -> tuple[str, ...]:
         return tuple(self.meta.get("provided_pairs", ()))
-
-    def path(self, subject: str, key: str) -> Path:
-        return self.root / subject / file_name(key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +138,7 @@ def read_source(root: str | Path) -> Source:
         spec = load_dataset(root)
     except DatasetError as err:
         raise PairingInputError(str(err)) from None
-    source = Source(spec.root, spec.labels, spec.subjects, spec.meta)
+    source = Source(**vars(spec))
     unknown = sorted(set(source.provided) - set(PROVIDABLE_KEYS))
     if unknown:
         raise PairingInputError(f"{spec.root / DATASET_JSON}: 'provided_pairs' may hold only "
@@ -363,18 +351,6 @@ def format_report(report: dict) -> str:
 
 def _pair_cell(directions: dict) -> str:
     return "/".join("prov" if d is None else f"{d:.3f}" for d in directions.values())
-
-
-# --------------------------------------------------------------------------------------------------
-# Image measures
-
-def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
-    """Mutual information (nats) of two images from their joint histogram (``bins`` per axis)."""
-    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
-    p = joint / joint.sum()
-    outer = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
-    nonzero = p > 0
-    return float((p[nonzero] * np.log(p[nonzero] / outer[nonzero])).sum())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 import intermod
 from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
-from intermod.evaluation.report import evaluate_subject, format_table, summarise
+from intermod.evaluation.report import evaluate_subject, format_table, summarise, summarise_images
 from intermod.io import atomic_write_json, atomic_write_text
 from intermod.wandb_mode import offline_unless_logged_in
 from intermod.spatial import warp, warp_labels
@@ -88,9 +88,11 @@ def make_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int) -> list[ModelCheckpoint]:
-    """best.ckpt by validation Dice, and last.ckpt every few steps so a killed run loses little."""
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/dice_mean", mode="max",
+def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int, has_organs: bool = True) -> list[ModelCheckpoint]:
+    """best.ckpt by validation Dice (by validation loss on a label-free dataset), and last.ckpt every
+    few steps so a killed run loses little."""
+    monitor, mode = ("val/dice_mean", "max") if has_organs else ("val/loss", "min")
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                            auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=every_n_steps)
     return [best, last]
@@ -117,7 +119,7 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
         "patch_size": cfg.data.patch_size,
         "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
     ckpt_dir = out / CHECKPOINT_DIR
-    callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps)
+    callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps, has_organs=bool(datamodule.labels))
     if cfg.early_stopping_patience:
         # The paper stopped "when the validation loss did not decrease significantly".
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
@@ -165,36 +167,44 @@ def register_classically(cfg: DictConfig, out: Path, datamodule, loggers: list) 
         field = torch.from_numpy(result.field)[None]
         registered = {"field": field, "mr_warped": warp(batch["mr"], field),
                       "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
+        volumes = {key: numpy(key) for key in ("ct", "mr", "mr_paired", "ct_labels", "mr_labels")}
+        volumes.update({key: registered[key][0, 0].numpy() for key in ("mr_warped", "mr_labels_warped")})
         subject = batch["subject_id"][0]
-        subjects[subject] = evaluate_subject(numpy("ct_labels"), numpy("mr_labels"),
-                                             registered["mr_labels_warped"][0, 0].numpy(), result.field,
-                                             datamodule.labels, spacing)
+        subjects[subject] = evaluate_subject(volumes, result.field, datamodule.labels, spacing)
         subjects[subject]["seconds"] = result.seconds
         seconds.append(result.seconds)
         log_registration_figure(batch, registered, datamodule.labels, str(out / "figures"), "test", loggers)
     return {"subjects": subjects, "timings": {"register_s": seconds}}
 
 
-def log_test_results(loggers: list, subjects: dict, summary: dict) -> None:
-    """Test metrics to every logger; to W&B also a per-subject table. Then close the W&B run."""
+def log_test_results(loggers: list, subjects: dict, summary: dict, image_summary: dict) -> None:
+    """Test metrics to every logger; to W&B also per-subject tables. Then close the W&B run."""
     means = {f"test/{m}_{organ}": row[m]["mean"] for organ, row in summary.items()
              for m in ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_after")}
+    means.update({f"test/{key}": value["mean"] for key, value in image_summary.items()})
     for logger in loggers:
         logger.log_metrics(means)
         if isinstance(logger, WandbLogger):
-            rows = [[subject, organ, *(values[k] for k in TABLE_COLUMNS)] for subject, result in subjects.items()
-                    for organ, values in result["organs"].items()]
-            logger.log_table("test/per_subject", columns=["subject", "organ", *TABLE_COLUMNS], data=rows)
+            if summary:
+                rows = [[subject, organ, *(values[k] for k in TABLE_COLUMNS)] for subject, result in subjects.items()
+                        for organ, values in result["organs"].items()]
+                logger.log_table("test/per_subject", columns=["subject", "organ", *TABLE_COLUMNS], data=rows)
+            columns = list(image_summary)
+            logger.log_table("test/per_subject_images", columns=["subject", *columns],
+                             data=[[subject, *(result["images"][k] for k in columns)]
+                                   for subject, result in subjects.items()])
             logger.experiment.finish()  # writes the run's files; the process may go on
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
-    """Run one job; returns the mean test Dice after registration (for sweepers)."""
+    """Run one job; returns the mean test Dice after registration (for sweepers; on a label-free dataset
+    the mean NCC of the paired MR and the registered MR)."""
     out = Path(output_dir)
     metrics_path = out / METRICS_FILE
     if metrics_path.exists() and not cfg.force:
         done = json.loads(metrics_path.read_text())
-        print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n{format_table(done['summary'])}")
+        print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n"
+              f"{format_table(done['summary'], done.get('image_summary'))}")
         return None
     if metrics_path.exists():  # force=true on a finished run: train again from scratch, not from last.ckpt
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
@@ -216,7 +226,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         result.update(split=datamodule.split.as_dict(), labels=datamodule.labels,
                       spacing=list(datamodule.spec.spacing or []))
         summary = summarise(result["subjects"], result["labels"])
-        log_test_results(loggers, result["subjects"], summary)
+        image_summary = summarise_images(result["subjects"])
+        log_test_results(loggers, result["subjects"], summary, image_summary)
     except (RunError, DatasetError) as err:
         atomic_write_json(out / FAILED_FILE, {"error": str(err), "method": cfg.method.name, "fold": cfg.fold})
         raise RunError(str(err)) from err
@@ -227,8 +238,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         raise RunError(f"{type(err).__name__}: {err} (traceback in {out / FAILED_FILE})") from err
     atomic_write_json(metrics_path, {"method": cfg.method.name, "fold": cfg.fold, "seed": cfg.seed,
                                      "name": cfg.name, "intermod_version": intermod.__version__,
-                                     **result, "summary": summary})
-    table = format_table(summary)
+                                     **result, "summary": summary, "image_summary": image_summary})
+    table = format_table(summary, image_summary)
     print(f"\n{cfg.method.name}, fold {cfg.fold}, test subjects {', '.join(result['subjects'])}:\n{table}\n")
     print(f"wrote {metrics_path}")
+    if not summary:  # label-free: the sweepers' objective is the image similarity the loss optimises
+        return image_summary["ncc_mr_after"]["mean"]
     return float(sum(row["dice_after"]["mean"] for row in summary.values()) / len(summary))

@@ -107,8 +107,9 @@ class PairedDataModule(pl.LightningDataModule):
 
     @property
     def labels(self) -> dict[str, int]:
+        """The organs to evaluate: none for a label-free dataset (its label maps hold a body mask)."""
         self.setup()
-        return self.spec.labels
+        return {} if self.spec.label_free else self.spec.labels
 
     @property
     def orientation(self) -> str:

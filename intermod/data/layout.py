@@ -14,7 +14,8 @@ A dataset is a folder with a ``dataset.json`` and one sub-folder per subject::
 
 All files of a subject share one grid (shape, spacing, origin, orientation). ``dataset.json``
 holds ``labels`` (organ name -> integer value, 0 is background), ``modalities``, ``spacing`` and
-``version``. Writers here are atomic: a subject appears complete or not at all.
+``version``; ``"label_free": true`` marks a dataset without organ labels (a body mask stands in for
+the label maps), which is evaluated on image similarity only, never by Dice. Writers here are atomic: a subject appears complete or not at all.
 """
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ class DatasetSpec:
     subjects: tuple[str, ...]
     spacing: tuple[float, float, float] | None
     meta: dict
+
+    @property
+    def label_free(self) -> bool:
+        """No organ labels: the label maps hold a body mask, so Dice on them would mean nothing."""
+        return bool(self.meta.get("label_free", False))
 
     def path(self, subject: str, key: str) -> Path:
         return self.root / subject / file_name(key)

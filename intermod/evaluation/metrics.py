@@ -27,6 +27,18 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
+    """Mutual information (nats) of two images from their joint histogram, ``bins`` per axis over each
+    image's own range: in [0, log(bins)], and unchanged by a linear rescaling of either image."""
+    if a.shape != b.shape:
+        raise ValueError(f"mutual_information: shapes differ, {a.shape} vs {b.shape}")
+    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
+    p = joint / joint.sum()
+    outer = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
+    nonzero = p > 0
+    return float((p[nonzero] * np.log(p[nonzero] / outer[nonzero])).sum())
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two boolean masks; 1.0 when both are empty (nothing to disagree on)."""
     a = np.asarray(a, dtype=bool)

@@ -1,51 +1,83 @@
-"""What every registration method reports: per-subject, per-organ metrics before and after, and metrics.json."""
+"""What every registration method reports: per-subject metrics before and after, and metrics.json.
+
+Organ metrics (Dice, ASD, HD95) need organ labels; image similarity needs none and is reported for
+every dataset, so a label-free one (``"label_free": true`` in dataset.json) is evaluated by it alone.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from intermod.evaluation.metrics import folding_statistics, organ_metrics
+from intermod.evaluation.metrics import folding_statistics, mutual_information, ncc, organ_metrics
 
 METRICS = ("dice", "asd", "hd95")
+IMAGE_METRICS = {"mi": "MI (CT, MR), nats", "ncc_mr": "NCC (paired MR, MR)"}
+WHEN = ("before", "after")
+NO_ORGANS = "no organ labels (label-free dataset): Dice, ASD and HD95 are not computed"
 
 
-def evaluate_subject(ct_labels: np.ndarray, mr_labels: np.ndarray, warped_labels: np.ndarray,
-                     field: np.ndarray | None, labels: dict[str, int], spacing) -> dict:
-    """Dice, ASD and HD95 of the CT labels against the MR labels before and after registration.
+def image_similarity(ct: np.ndarray, mr: np.ndarray, mr_warped: np.ndarray, mr_paired: np.ndarray) -> dict:
+    """Before and after registration: MI of the CT and the MR (what a user without pairs can measure)
+    and NCC of the paired MR and the MR (the MR term of the paper's loss, Eq. 2)."""
+    return {"mi_before": mutual_information(ct, mr), "mi_after": mutual_information(ct, mr_warped),
+            "ncc_mr_before": ncc(mr_paired, mr), "ncc_mr_after": ncc(mr_paired, mr_warped)}
 
-    ``field`` is the displacement (3, X, Y, Z) in voxels, or None for methods that do not give one.
+
+def evaluate_subject(volumes: dict[str, np.ndarray], field: np.ndarray | None, labels: dict[str, int],
+                     spacing) -> dict:
+    """Organ metrics of the CT labels against the MR labels (none when ``labels`` is empty), image
+    similarity, and folding of ``field``, before and after registration.
+
+    ``volumes``: (X, Y, Z) arrays ``ct``, ``mr``, ``mr_paired``, ``mr_warped``, ``ct_labels``,
+    ``mr_labels``, ``mr_labels_warped``. ``field``: displacement (3, X, Y, Z) in voxels, or None for
+    methods that do not give one.
     """
-    before = organ_metrics(ct_labels, mr_labels, labels, spacing)
-    after = organ_metrics(ct_labels, warped_labels, labels, spacing)
+    before = organ_metrics(volumes["ct_labels"], volumes["mr_labels"], labels, spacing)
+    after = organ_metrics(volumes["ct_labels"], volumes["mr_labels_warped"], labels, spacing)
     organs = {organ: {f"{m}_{when}": float(values[organ][m]) for when, values in (("before", before), ("after", after))
                       for m in METRICS} for organ in labels}
-    return {"organs": organs, "folding": folding_statistics(field) if field is not None else None}
+    images = image_similarity(volumes["ct"], volumes["mr"], volumes["mr_warped"], volumes["mr_paired"])
+    return {"organs": organs, "images": images,
+            "folding": folding_statistics(field) if field is not None else None}
+
+
+def _statistics(values: list[float]) -> dict:
+    """Mean and std of the finite values (NaNs, i.e. empty organs, left out) and how many there were."""
+    array = np.asarray(values, dtype=float)
+    finite = array[np.isfinite(array)]
+    return {"mean": float(finite.mean()) if finite.size else math.nan,
+            "std": float(finite.std()) if finite.size else math.nan, "n": int(finite.size)}
 
 
 def summarise(subjects: dict[str, dict], labels: dict[str, int]) -> dict:
-    """Mean and std over subjects of each organ metric (NaNs, i.e. empty organs, left out and counted)."""
-    summary = {}
-    for organ in labels:
-        row = {}
-        for m in METRICS:
-            for when in ("before", "after"):
-                values = np.array([s["organs"][organ][f"{m}_{when}"] for s in subjects.values()], dtype=float)
-                finite = values[np.isfinite(values)]
-                row[f"{m}_{when}"] = {"mean": float(finite.mean()) if finite.size else math.nan,
-                                      "std": float(finite.std()) if finite.size else math.nan,
-                                      "n": int(finite.size)}
-        summary[organ] = row
-    return summary
+    """Per organ, mean and std over subjects of each organ metric."""
+    return {organ: {f"{m}_{when}": _statistics([s["organs"][organ][f"{m}_{when}"] for s in subjects.values()])
+                    for m in METRICS for when in WHEN} for organ in labels}
 
 
-def format_table(summary: dict) -> str:
-    """A Markdown table of Dice (%) and ASD (mm) per organ, before vs after registration."""
-    lines = ["| organ | Dice before (%) | Dice after (%) | ASD before (mm) | ASD after (mm) | HD95 after (mm) |",
-             "|---|---|---|---|---|---|"]
-    for organ, row in summary.items():
-        def cell(key, scale=1.0, digits=2):
-            return f"{row[key]['mean'] * scale:.{digits}f} ± {row[key]['std'] * scale:.{digits}f}"
-        lines.append(f"| {organ} | {cell('dice_before', 100, 1)} | {cell('dice_after', 100, 1)} | "
-                     f"{cell('asd_before')} | {cell('asd_after')} | {cell('hd95_after')} |")
+def summarise_images(subjects: dict[str, dict]) -> dict:
+    """Mean and std over subjects of each image similarity, before and after."""
+    return {f"{m}_{when}": _statistics([s["images"][f"{m}_{when}"] for s in subjects.values()])
+            for m in IMAGE_METRICS for when in WHEN}
+
+
+def format_table(summary: dict, image_summary: dict | None = None) -> str:
+    """Markdown: Dice (%) and ASD (mm) per organ before vs after registration (or why there are none),
+    then the image similarity when given."""
+    def cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
+        return f"{row[key]['mean'] * scale:.{digits}f} ± {row[key]['std'] * scale:.{digits}f}"
+
+    if summary:
+        lines = ["| organ | Dice before (%) | Dice after (%) | ASD before (mm) | ASD after (mm) | HD95 after (mm) |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {organ} | {cell(row, 'dice_before', 100, 1)} | {cell(row, 'dice_after', 100, 1)} | "
+                  f"{cell(row, 'asd_before')} | {cell(row, 'asd_after')} | {cell(row, 'hd95_after')} |"
+                  for organ, row in summary.items()]
+    else:
+        lines = [f"({NO_ORGANS})"]
+    if image_summary:
+        lines += ["", "| image similarity | before | after |", "|---|---|---|"]
+        lines += [f"| {label} | {cell(image_summary, f'{m}_before', digits=3)} | "
+                  f"{cell(image_summary, f'{m}_after', digits=3)} |" for m, label in IMAGE_METRICS.items()]
     return "\n".join(lines)

@@ -50,6 +50,11 @@ class Metric:
 
 
 METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False))
+# Image similarity after registration (evaluation.report), one row each: all a label-free dataset has.
+IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True), Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
+IMAGE_ROW = "image"
+NO_ORGANS_NOTE = ("no organ labels in these runs (label-free dataset): DSC and ASD are not reported, "
+                  "only image similarity")
 
 # Cao et al., MLMI 2018, Table 1: (mean, std) per organ for Affine (MI), SyN (MI), CT, MR, Dual.
 PAPER_COLUMNS = ("Affine (MI)", "SyN (MI)", "CT", "MR", "Dual (proposed)")
@@ -69,7 +74,8 @@ class NoResultsError(ValueError):
 
 @dataclass
 class Job:
-    """One finished job: values[(metric, organ)][subject] after registration, in metrics.json units."""
+    """One finished job: values[(metric, row)][subject] after registration, in metrics.json units; a
+    row is an organ, or IMAGE_ROW for image similarity."""
     path: Path
     method: str
     fold: int
@@ -131,9 +137,10 @@ class Table1:
     root: Path
     methods: list[str]
     organs: list[str]
+    blocks: list[tuple[Metric, list[str]]]  # each metric with its rows (organs, or IMAGE_ROW)
     folds: list[int]
-    cells: dict[tuple[str, str, str], Cell]  # (metric, organ, method)
-    pvalues: dict[tuple[str, str, str], PValue]  # (metric, organ, other method)
+    cells: dict[tuple[str, str, str], Cell]  # (metric, row, method)
+    pvalues: dict[tuple[str, str, str], PValue]  # (metric, row, other method)
     coverage: dict[str, Coverage]
     problems: list[Problem]
     notes: list[str] = field(default_factory=list)
@@ -154,6 +161,10 @@ def parse_metrics(path: Path) -> Job:
     values = {(m.key, organ): {subject: _as_float(result["organs"][organ][f"{m.key}_after"])
                                for subject, result in data["subjects"].items()}
               for m in METRICS for organ in organs}
+    if all("images" in result for result in data["subjects"].values()):  # older runs have none
+        values.update({(m.key, IMAGE_ROW): {subject: _as_float(result["images"][f"{m.key}_after"])
+                                            for subject, result in data["subjects"].items()}
+                       for m in IMAGE_METRICS})
     return Job(path=path, method=str(data["method"]), fold=int(data["fold"]), seed=data.get("seed"),
                name=data.get("name"), organs=organs, values=values)
 
@@ -272,7 +283,7 @@ def _missing(collection: Collection, methods: list[str], folds: list[int]) -> li
 
 def _notes(jobs: list[Job], methods: list[str]) -> list[str]:
     """Warnings a reader needs: several experiments pooled, methods found but not shown."""
-    notes = []
+    notes = [] if any(j.organs for j in jobs) else [NO_ORGANS_NOTE]
     names = sorted({j.name for j in jobs if j.name})
     if len(names) > 1:
         notes.append(f"jobs of several experiments pooled: {', '.join(names)}")
@@ -288,19 +299,21 @@ def build_table(collection: Collection, methods: list[str] | None = None) -> Tab
     seen = {j.method for j in jobs} | {p.method for p in collection.problems if p.method}
     columns = column_order(seen, methods)
     organs = _organs(jobs)
+    blocks = [(m, organs) for m in METRICS if organs]
+    blocks += [(m, [IMAGE_ROW]) for m in IMAGE_METRICS if any((m.key, IMAGE_ROW) in j.values for j in jobs)]
     folds = sorted({j.fold for j in jobs} | {p.fold for p in collection.problems if p.fold is not None})
     cells, pvalues = {}, {}
-    for m in METRICS:
-        for organ in organs:
-            per_method = {method: subject_values(jobs, method, m.key, organ) for method in columns}
+    for m, rows in blocks:
+        for row in rows:
+            per_method = {method: subject_values(jobs, method, m.key, row) for method in columns}
             for method, values in per_method.items():
-                cells[m.key, organ, method] = cell_statistics(list(values.values()), m.scale)
+                cells[m.key, row, method] = cell_statistics(list(values.values()), m.scale)
             if REFERENCE_METHOD in columns:
                 for method in columns:
                     if method != REFERENCE_METHOD:
-                        pvalues[m.key, organ, method] = paired_wilcoxon(per_method[REFERENCE_METHOD],
-                                                                        per_method[method])
-    return Table1(root=collection.root, methods=columns, organs=organs, folds=folds, cells=cells,
+                        pvalues[m.key, row, method] = paired_wilcoxon(per_method[REFERENCE_METHOD],
+                                                                      per_method[method])
+    return Table1(root=collection.root, methods=columns, organs=organs, blocks=blocks, folds=folds, cells=cells,
                   pvalues=pvalues, coverage={method: _coverage(jobs, method) for method in columns},
                   problems=_missing(collection, columns, folds), notes=_notes(jobs, columns))
 
@@ -342,9 +355,9 @@ def _markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _block_rows(organs: list[str], cells_of) -> list[list[str]]:
-    """Rows of both metric blocks, the metric named on its first row only, as in the paper."""
-    return [[m.label if i == 0 else "", organ, *cells_of(m, organ)] for m in METRICS for i, organ in enumerate(organs)]
+def _block_rows(blocks: list[tuple[Metric, list[str]]], cells_of) -> list[list[str]]:
+    """Rows of every metric block, the metric named on its first row only, as in the paper."""
+    return [[m.label if i == 0 else "", row, *cells_of(m, row)] for m, rows in blocks for i, row in enumerate(rows)]
 
 
 def _results_markdown(table: Table1) -> list[str]:
@@ -354,7 +367,7 @@ def _results_markdown(table: Table1) -> list[str]:
         return [f"**{t}**" if method in best else t for method, t in zip(table.methods, texts)]
 
     header = ["Metric", "Organ", *map(display_name, table.methods)]
-    return _markdown_rows(header, _block_rows(table.organs, cells_of))
+    return _markdown_rows(header, _block_rows(table.blocks, cells_of))
 
 
 def _coverage_lines(table: Table1) -> list[str]:
@@ -369,7 +382,7 @@ def _coverage_lines(table: Table1) -> list[str]:
             line += f" (missing fold{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))})"
         if len(cov.seeds) > 1:
             line += f"; seeds {', '.join(map(str, cov.seeds))} averaged per subject"
-        nans = sum(table.cells[m.key, organ, method].n_nan for m in METRICS for organ in table.organs)
+        nans = sum(table.cells[m.key, row, method].n_nan for m, rows in table.blocks for row in rows)
         if nans:
             line += f"; {nans} NaN value(s) (empty organ) left out"
         lines.append(line)
@@ -378,14 +391,16 @@ def _coverage_lines(table: Table1) -> list[str]:
 
 def _pvalue_markdown(table: Table1) -> list[str]:
     if not table.pvalues:
-        return [f"No paired tests: no {display_name(REFERENCE_METHOD)} column."]
+        why = (f"no {display_name(REFERENCE_METHOD)} column" if REFERENCE_METHOD not in table.methods
+               else "no other method to compare with")
+        return [f"No paired tests: {why}."]
     others = [m for m in table.methods if m != REFERENCE_METHOD]
     reasons = sorted({v.reason for v in table.pvalues.values() if v.reason})
     marks = {reason: "¹²"[i] for i, reason in enumerate(reasons)}
     ref = display_name(REFERENCE_METHOD)
     header = ["Metric", "Organ", *(f"{ref} vs {display_name(m)}" for m in others)]
-    rows = _block_rows(table.organs, lambda m, organ: [format_p(table.pvalues[m.key, organ, o], marks)
-                                                       for o in others])
+    rows = _block_rows(table.blocks, lambda m, row: [format_p(table.pvalues[m.key, row, o], marks)
+                                                     for o in others])
     notes = ["Pairs: (fold, test subject) with a finite value for both methods; n = number of pairs."]
     notes += [f"{mark} n/a: {reason}." for reason, mark in marks.items()]
     return _markdown_rows(header, rows) + [""] + [n + "  " for n in notes]
@@ -397,16 +412,18 @@ def _problem_lines(table: Table1) -> list[str]:
 
 def _reference_markdown() -> list[str]:
     organs = list(PAPER_TABLE1["dice"])
-    rows = _block_rows(organs, lambda m, organ: [f"{mean:.{m.digits}f} ± {std:.{m.digits}f}"
-                                                 for mean, std in PAPER_TABLE1[m.key][organ]])
+    rows = _block_rows([(m, organs) for m in METRICS],
+                       lambda m, organ: [f"{mean:.{m.digits}f} ± {std:.{m.digits}f}"
+                                         for mean, std in PAPER_TABLE1[m.key][organ]])
     return _markdown_rows(["Metric", "Organ", *PAPER_COLUMNS], rows)
 
 
 def to_markdown(table: Table1) -> str:
     """The whole report: results, samples, p-values, missing jobs, and the paper's Table 1."""
-    lines = ["# Table 1: DSC (%) and ASD (mm) after registration", "",
+    shown = ", ".join(m.label + (f" ({m.unit})" if m.unit and m.unit not in m.label else "") for m, _ in table.blocks)
+    lines = [f"# Table 1: {shown} after registration", "",
              f"From `{table.root}`. Each cell: mean ± sample std (ddof=1) over the test subjects of all folds "
-             f"pooled; best of each row in bold (highest DSC, lowest ASD).", "",
+             f"pooled; best of each row in bold (lowest ASD, highest of the others).", "",
              *_results_markdown(table), "", *_coverage_lines(table), *[f"- Note: {n}" for n in table.notes], "",
              f"## Paired Wilcoxon signed-rank tests, {display_name(REFERENCE_METHOD)} vs each method "
              f"(two-sided p)", "", *_pvalue_markdown(table), "",
@@ -426,8 +443,8 @@ def csv_rows(table: Table1) -> tuple[list[str], list[list]]:
     header += [f"{m}_{s}" for m in table.methods for s in ("mean", "std", "n", "nan")]
     header += [f"{REFERENCE_METHOD}_vs_{m}_{s}" for m in others for s in ("p", "pairs")]
     rows = []
-    for m in METRICS:
-        for organ in table.organs:
+    for m, block_rows in table.blocks:
+        for organ in block_rows:
             row = [m.key, m.unit, organ]
             for method in table.methods:
                 cell = table.cells[m.key, organ, method]
@@ -458,11 +475,11 @@ def to_latex(table: Table1) -> str:
              "\\begin{tabular}{ll" + "c" * len(table.methods) + "}", "\\toprule",
              " & ".join(["Metric", "Organ", *(latex_escape(display_name(m)) for m in table.methods)]) + " \\\\",
              "\\midrule"]
-    for k, m in enumerate(METRICS):
+    for k, (m, rows) in enumerate(table.blocks):
         if k:
             lines.append("\\midrule")
-        best = {organ: best_methods(table, m, organ) for organ in table.organs}
-        for i, organ in enumerate(table.organs):
+        best = {organ: best_methods(table, m, organ) for organ in rows}
+        for i, organ in enumerate(rows):
             texts = [format_cell(table.cells[m.key, organ, method], m.digits, "$\\pm$") for method in table.methods]
             texts = [f"\\textbf{{{t}}}" if method in best[organ] else t for method, t in zip(table.methods, texts)]
             lines.append(" & ".join([latex_escape(m.label) if i == 0 else "", latex_escape(organ), *texts]) + " \\\\")

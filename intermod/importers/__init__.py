@@ -12,8 +12,8 @@ data came from, and:
 * ``"label_free": true`` for datasets without organ labels (SynthRAD2023). Our layout needs label
   maps, so their body mask stands in: ``"labels": {"body": 1}``, the same map as ``ct_labels`` and
   ``mr_labels``. ``intermod-pair`` then pairs on images only and reports image measures instead of
-  the Dice gate; Dice on such a dataset measures body outlines, not organs, and is not the paper's
-  evaluation.
+  the Dice gate, and training and ``intermod-table1`` report image similarity instead of Dice (which
+  would measure body outlines, not organs).
 
 The output is the input of ``intermod-pair``: it lacks ``mr_paired`` (and ``ct_paired`` unless
 provided), so ``intermod-check-data`` passes only on what ``intermod-pair`` writes from it.

@@ -11,7 +11,7 @@ that layout, not against the download)::
 ``overview``) are ignored. The release puts MR, CT and mask on one grid; any other grid is resampled
 onto the CT's. No organ labels: the mask stands in (``"labels": {"body": 1}``, the same map for CT and
 MR) and dataset.json says ``"label_free": true``, so ``intermod-pair`` pairs on images only (no
-label refinement, no Dice gate) and any Dice computed on the dataset measures body outlines only.
+label refinement, no Dice gate) and runs on it are evaluated by image similarity, not Dice.
 """
 from __future__ import annotations
 

@@ -1,14 +1,21 @@
 """End-to-end runs of intermod-train on the tiny phantom: outputs, W&B offline, repeatability, resume."""
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from wandb_offline import wandb_history
+
+from intermod.evaluation.table import IMAGE_ROW, NO_ORGANS_NOTE, build_table, collect, to_markdown
 
 TINY = ["model=unet_small", "model/optimizer=adam", "data.patch_size=44", "data.samples_per_volume=2", "data.queue_length=8",
         "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
@@ -41,6 +48,8 @@ def test_a_run_writes_metrics_config_checkpoints_and_wandb(tmp_path, tiny_datase
         assert {"dice_before", "dice_after", "asd_before", "asd_after", "hd95_before", "hd95_after"} <= set(organ)
         assert 0 < organ["dice_before"] <= 1 and organ["asd_after"] >= 0
         assert subject["folding"]["percent_nonpositive_jacobian"] >= 0
+        assert 0 < subject["images"]["mi_before"] < math.log(32) and -1 <= subject["images"]["ncc_mr_after"] <= 1
+    assert metrics["image_summary"]["ncc_mr_after"]["n"] == 2
     assert (out / "config_resolved.yaml").exists() and (out / ".hydra" / "config.yaml").exists()
     assert (out / "checkpoints" / "best.ckpt").exists() and (out / "checkpoints" / "last.ckpt").exists()
     assert sorted(p.name for p in (out / "figures").glob("test_*.png")) == sorted(
@@ -52,10 +61,16 @@ def test_a_run_writes_metrics_config_checkpoints_and_wandb(tmp_path, tiny_datase
     files = runs[0] / "files"
     history = wandb_history(runs[0])
     for key in ("train/loss_step", "train/sim_ct_step", "train/sim_mr_step", "train/laplacian_step", "train/l2_step",
-                "train/loss_epoch", "val/loss", "val/dice_mean", "val/dice_prostate", "val/asd_bladder"):
+                "train/loss_epoch", "val/loss", "val/dice_mean", "val/dice_prostate", "val/asd_bladder",
+                "val/mi", "val/ncc_mr", "test/dice_after_bladder", "test/ncc_mr_after"):
         assert key in history, key
     assert len(history["val/dice_mean"]) == 2  # one validation per epoch
     assert all(0 < d <= 1 for d in history["val/dice_mean"])
+    organs = wandb_table(files, "test/per_subject")
+    assert organs["columns"][:2] == ["subject", "organ"] and len(organs["data"]) == 2 * 3
+    images = wandb_table(files, "test/per_subject_images")
+    assert images["columns"] == ["subject", "mi_before", "mi_after", "ncc_mr_before", "ncc_mr_after"]
+    assert sorted(row[0] for row in images["data"]) == sorted(metrics["subjects"])
     for stage, count in (("val", 2), ("test", 2)):
         images = [name for names in history[f"{stage}/registration/filenames"] for name in names]
         assert len(images) == count and all((files / name).stat().st_size > 10_000 for name in images)
@@ -102,3 +117,52 @@ def test_bad_dataset_fails_with_a_clear_message(tmp_path, tiny_dataset):
     assert result.returncode != 0
     assert "nowhere" in result.stderr and "not found" in result.stderr
     assert json.loads((run_dir(tmp_path) / "failed.json").read_text())["method"] == "dual"
+
+
+def wandb_table(files: Path, key: str) -> dict:
+    """A table the run logged under ``key``, as W&B wrote it (columns, data)."""
+    folder, name = key.rsplit("/", 1)
+    (path,) = [p for p in (files / "media" / "table" / folder).glob("*.table.json")
+               if re.fullmatch(rf"{name}_\d+_[0-9a-f]+\.table\.json", p.name)]
+    return json.loads(path.read_text())
+
+
+def label_free_copy(dataset: Path, dst: Path) -> Path:
+    """The dataset as a label-free import leaves it (SynthRAD2023): a body mask for labels."""
+    shutil.copytree(dataset, dst)
+    meta = json.loads((dst / "dataset.json").read_text())
+    (dst / "dataset.json").write_text(json.dumps({**meta, "labels": {"body": 1}, "label_free": True}))
+    for path in dst.glob("*/*_labels.nii.gz"):
+        image = nib.load(path)
+        body = (nib.load(path.parent / "ct.nii.gz").get_fdata() > -500).astype(np.uint8)
+        nib.save(nib.Nifti1Image(body, image.affine), path)
+    return dst
+
+
+def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(tmp_path, tiny_dataset):
+    dataset = label_free_copy(tiny_dataset, tmp_path / "label_free")
+    result = train(tmp_path, dataset, "logger=wandb")
+    assert "no organ labels (label-free dataset)" in result.stdout and "NCC (paired MR, MR)" in result.stdout
+    out = run_dir(tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == {} and metrics["summary"] == {}
+    for subject in metrics["subjects"].values():
+        assert subject["organs"] == {}  # no Dice of a body outline passed off as an organ's
+        assert subject["images"]["ncc_mr_before"] > 0.5 and subject["images"]["mi_after"] > 0.1
+    assert metrics["image_summary"]["mi_after"]["n"] == 2
+    assert (out / "checkpoints" / "best.ckpt").exists()  # chosen by validation loss, there being no Dice
+
+    run = next((out / "wandb").glob("offline-run-*"))
+    history = wandb_history(run)
+    assert "val/ncc_mr" in history and "test/mi_after" in history
+    assert not any("dice" in key for key in history)
+    assert len(wandb_table(run / "files", "test/per_subject_images")["data"]) == 2
+    assert [p.name.startswith("per_subject_images_") for p in (run / "files" / "media" / "table" / "test").iterdir()] == [True]
+
+    table = build_table(collect(tmp_path / "runs"))
+    assert [(m.key, rows) for m, rows in table.blocks] == [("mi", [IMAGE_ROW]), ("ncc_mr", [IMAGE_ROW])]
+    markdown = to_markdown(table)
+    assert "No paired tests: no other method to compare with." in markdown
+    assert NO_ORGANS_NOTE in markdown and "| DSC (%) |" not in markdown.split("## Reference")[0]
+    ncc_after = np.mean([s["images"]["ncc_mr_after"] for s in metrics["subjects"].values()])
+    assert f"| NCC (paired MR, MR) | image | **{ncc_after:.3f} ± " in markdown

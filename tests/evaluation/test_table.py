@@ -18,14 +18,17 @@ from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, build_table, collect
 PELVIS = ("bladder", "prostate", "rectum")
 
 
-def write_job(root, method, fold, subjects, seed=0, labels=PELVIS, name="table1"):
-    """A job folder as a Hydra sweep lays it out; subjects: {subject: {organ: (dice, asd)}}."""
+def write_job(root, method, fold, subjects, seed=0, labels=PELVIS, name="table1", images=None):
+    """A job folder as a Hydra sweep lays it out; subjects: {subject: {organ: (dice, asd)}};
+    images: {subject: (mi, ncc_mr)} after registration, or None for a run of an older version."""
     folder = root / method / f"fold{fold}-seed{seed}"
     folder.mkdir(parents=True)
     results = {s: {"organs": {o: {"dice_before": 0.5, "asd_before": 9.0, "hd95_before": 20.0,
                                   "dice_after": d, "asd_after": a, "hd95_after": 5.0}
                               for o, (d, a) in organs.items()}, "folding": None}
                for s, organs in subjects.items()}
+    for s, (mi, ncc_mr) in (images or {}).items():
+        results[s]["images"] = {"mi_before": 0.2, "mi_after": mi, "ncc_mr_before": 0.5, "ncc_mr_after": ncc_mr}
     payload = {"method": method, "fold": fold, "seed": seed, "name": name,
                "labels": {o: i + 1 for i, o in enumerate(labels)}, "subjects": results, "summary": {}}
     (folder / "metrics.json").write_text(json.dumps(payload))
@@ -235,3 +238,31 @@ def test_wandb_offline_table(tmp_path, monkeypatch, capsys):
     assert main([str(tmp_path / "runs"), "--out-dir", str(tmp_path / "off"), "--wandb"]) == 0
     assert "W&B: not logged (WANDB_MODE=disabled)" in capsys.readouterr().out
     assert not (tmp_path / "off" / "wandb").exists()
+
+
+def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only_them(tmp_path):
+    labelled, label_free = tmp_path / "labelled", tmp_path / "label_free"
+    for method, shift in (("syn", 0.0), ("dual", 0.1)):
+        images = {f"sub-{k}": (0.3 + shift + 0.01 * k, 0.8 + shift) for k in range(6)}
+        write_job(labelled, method, 0, {s: same_for_all(0.8, 2.0) for s in images}, images=images)
+        write_job(label_free, method, 0, {s: {} for s in images}, labels=(), images=images)
+    write_job(tmp_path / "old", "dual", 0, {"sub-0": same_for_all(0.8, 2.0)})  # no images: no such rows
+
+    table = build_table(collect(labelled))
+    assert [(m.key, rows) for m, rows in table.blocks] == [("dice", list(PELVIS)), ("asd", list(PELVIS)),
+                                                           ("mi", ["image"]), ("ncc_mr", ["image"])]
+    cell = table.cells["mi", "image", "dual"]
+    assert (cell.mean, cell.std, cell.n) == (pytest.approx(0.425), pytest.approx(np.std(np.arange(6) / 100, ddof=1)), 6)
+    # every subject better by 0.1: the exact two-sided p of 6 pairs all one way is 2/2^6
+    assert table.pvalues["ncc_mr", "image", "syn"].p == pytest.approx(2 / 64)
+    markdown = to_markdown(table)
+    assert "| MI (CT, MR) | image | 0.325 ± 0.019 | **0.425 ± 0.019** |" in markdown
+    assert "| NCC (paired MR, MR) | image | 0.800 ± 0.000 | **0.900 ± 0.000** |" in markdown
+    assert "label-free" not in markdown
+
+    table = build_table(collect(label_free))
+    assert table.organs == [] and [m.key for m, _ in table.blocks] == ["mi", "ncc_mr"]
+    assert "Note: no organ labels in these runs (label-free dataset)" in to_markdown(table)
+    assert "\\textbf{0.425 $\\pm$ 0.019}" in to_latex(table)
+
+    assert [m.key for m, _ in build_table(collect(tmp_path / "old")).blocks] == ["dice", "asd"]
