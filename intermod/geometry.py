@@ -139,15 +139,17 @@ def _corners(image: sitk.Image) -> np.ndarray:
     return index_to_physical(image) @ index + np.asarray(image.GetOrigin())[:, None]
 
 
-def reference_grid(image: sitk.Image, spacing: Sequence[float], orientation: str) -> sitk.Image:
-    """A float32 grid with ``spacing`` and ``orientation`` covering ``image``'s box, centred on it.
+def reference_grid(image: sitk.Image, spacing: Sequence[float], orientation: str | None = None) -> sitk.Image:
+    """A float32 grid with ``spacing`` and ``orientation`` (default: ``image``'s own direction)
+    covering ``image``'s box, centred on it.
 
     When ``image`` already has that spacing and orientation, the grid is the image's own grid.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     if spacing.shape != (3,) or not np.all(spacing > 0):
         raise ValueError(f"spacing must be 3 positive values in mm, got {tuple(spacing)}")
-    direction = orientation_direction(orientation)
+    direction = (np.asarray(image.GetDirection()).reshape(3, 3) if orientation is None
+                 else orientation_direction(orientation))
     coords = direction.T @ _corners(image)  # corner coordinates along the new axes
     low, high = coords.min(1), coords.max(1)
     # The tolerance keeps an exact fit (e.g. the image's own grid) from gaining a voxel to rounding.

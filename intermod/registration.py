@@ -37,12 +37,11 @@ import torchio as tio
 import intermod
 from intermod.baselines.ants import ants_random_seed, ants_workdir
 from intermod.data.datamodule import normalisation
-from intermod.evaluation.metrics import folding_statistics, organ_metrics
+from intermod.evaluation.metrics import folding_statistics, mutual_information, organ_metrics
 from intermod.geometry import (InputError, field_image, index_to_physical, orientation_direction, read_image,
                                reference_grid, resample, to_array, voxel_to_lps, write_displacement_field)
 from intermod.inference import MODES as INFERENCE_MODES
 from intermod.inference import InferenceNetwork, predict_field, resolve_precision
-from intermod.losses import mutual_information
 from intermod.module import CHECKPOINT_FORMAT
 from intermod.networks.unet import RegistrationUNet
 from intermod.spatial import warp
@@ -67,7 +66,6 @@ SEARCH_SPACING_MM = 8.0  # the search only ranks orientations: coarse images mak
 # The refinement's finest level. 2 mm costs 2-5x more time on 2 CPU cores (ANTs' Mattes MI is the
 # bottleneck); sub-voxel residuals are what the network is trained to correct.
 AFFINE_SPACING_MM = 4.0
-MI_BINS = 32
 MI_MAX_VOXELS = 2 ** 17  # MI in the report on a regular subsample: ~0.1 s and bounded memory at 1 mm
 OUTPUT_NAMES = {"mr_warped": "mr_warped.nii.gz", "mr_labels_warped": "mr_labels_warped.nii.gz",
                 "affine": "affine.mat", "field": "displacement_field.nii.gz", "report": "report.json"}
@@ -252,10 +250,9 @@ def normalise(ct: np.ndarray, mr: np.ndarray, model: Model) -> tuple[torch.Tenso
 
 
 def _mi(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mutual information (nats, Parzen, :data:`MI_BINS` bins) of two [0, 1] volumes on a regular subsample."""
+    """Mutual information (nats, as in metrics.json) of two volumes on a regular subsample."""
     step = max(1, math.ceil(a.numel() / MI_MAX_VOXELS))
-    return float(mutual_information(a.flatten()[::step].view(1, 1, -1).cpu(),
-                                    b.flatten()[::step].view(1, 1, -1).cpu(), bins=MI_BINS))
+    return mutual_information(a.flatten()[::step].float().cpu().numpy(), b.flatten()[::step].float().cpu().numpy())
 
 
 def compose_field(affine: sitk.AffineTransform, deformation: np.ndarray, grid: sitk.Image,

@@ -121,16 +121,19 @@ def test_reference_grid_is_the_image_grid_when_geometry_matches():
     np.testing.assert_allclose(grid.GetDirection(), image.GetDirection())
 
 
-def test_reference_grid_covers_the_image_box_in_the_model_orientation():
+@pytest.mark.parametrize("orientation", ["RAS", None])
+def test_reference_grid_covers_the_image_box_in_the_model_orientation(orientation):
+    """In the model's orientation (registration), or in the image's own direction (importers)."""
     image = _image(_random_volume(), spacing=(1.5, 2.0, 3.0), direction=OBLIQUE)
-    grid = reference_grid(image, (2.5, 2.5, 2.5), "RAS")
-    np.testing.assert_allclose(grid.GetDirection(), np.diag([-1.0, -1.0, 1.0]).flatten())
+    grid = reference_grid(image, (2.5, 2.5, 2.5), orientation)
+    axes = np.asarray(image.GetDirection()).reshape(3, 3) if orientation is None else orientation_direction("RAS")
+    np.testing.assert_allclose(np.asarray(grid.GetDirection()).reshape(3, 3), axes)
 
-    def box(img):  # voxel-edge corners along RAS-grid axes
+    def box(img):  # voxel-edge corners along the grid's axes
         size = np.asarray(img.GetSize())
         corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij")).reshape(3, -1)
         points = index_to_physical(img) @ corners + np.asarray(img.GetOrigin())[:, None]
-        coords = orientation_direction("RAS").T @ points
+        coords = axes.T @ points
         return coords.min(1), coords.max(1)
 
     (lo, hi), (glo, ghi) = box(image), box(grid)

@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermod.data.layout import DATASET_JSON, LABEL_KEYS, file_name, write_dataset_json
-from intermod.geometry import ras_affine
+from intermod.geometry import ras_affine, reference_grid
 from intermod.pairing import MAX_LABEL_VALUE, SOURCE_KEYS, write_source_subject
 
 DATASETS = {"goldatlas": "intermod.importers.goldatlas",
@@ -165,27 +165,12 @@ def read_nifti(path: Path, labels: bool = False) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-def reference_grid(ct: sitk.Image, spacing: Sequence[float] | None) -> sitk.Image:
-    """The CT's grid, or one of ``spacing`` mm covering the CT's box with its orientation and centre."""
-    if spacing is None:
-        return ct
-    spacing = np.asarray(spacing, dtype=float)
-    old_spacing, old_size = np.asarray(ct.GetSpacing()), np.asarray(ct.GetSize())
-    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
-    size = np.maximum(1, np.round(old_spacing * old_size / spacing)).astype(int)
-    centre = np.asarray(ct.GetOrigin()) + direction @ (old_spacing * (old_size - 1) / 2)
-    grid = sitk.Image(size.tolist(), sitk.sitkUInt8)
-    grid.SetSpacing(spacing.tolist())
-    grid.SetDirection(direction.flatten().tolist())
-    grid.SetOrigin((centre - direction @ (spacing * (size - 1) / 2)).tolist())
-    return grid
-
-
 def on_reference_grid(images: dict[str, sitk.Image], spacing: Sequence[float] | None
                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """All images resampled onto the reference grid (scanner coordinates) as (X, Y, Z) arrays, and
     the grid's RAS affine (nibabel's convention)."""
-    grid = reference_grid(images["ct"], spacing)
+    # the CT's own grid, or one of ``spacing`` mm covering its box with its direction and centre
+    grid = images["ct"] if spacing is None else reference_grid(images["ct"], spacing)
     ct_air = float(sitk.GetArrayViewFromImage(images["ct"]).min())
     arrays = {}
     for key, image in images.items():
