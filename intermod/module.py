@@ -87,8 +87,8 @@ class RegistrationModule(pl.LightningModule):
             dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
             metrics["val/dice_mean"] = float(np.mean(list(dice.values())))
             metrics.update({f"val/dice_{organ}": v for organ, v in dice.items()})
-            metrics.update({f"val/asd_{organ}": v["asd_after"] for organ, v in result["organs"].items()
-                            if np.isfinite(v["asd_after"])})
+            # every key on every rank (NaN for an empty organ): sync_dist reduces key by key
+            metrics.update({f"val/asd_{organ}": v["asd_after"] for organ, v in result["organs"].items()})
         self.log_dict(metrics, batch_size=1, sync_dist=True)
         if (batch_idx == 0 and self.figure_callback is not None and self.trainer.is_global_zero
                 and not self.trainer.sanity_checking):

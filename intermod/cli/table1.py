@@ -1,4 +1,5 @@
-"""intermod-table1 MULTIRUN_DIR: the paper's Table 1 (DSC and ASD per organ and method) from a multirun's metrics.json.
+"""intermod-table1 MULTIRUN_DIR: the paper's Table 1 (DSC and ASD per organ and method, then image
+similarity; image similarity alone for a label-free dataset) from a multirun's metrics.json.
 
 Writes <name>.md, <name>.csv and <name>.tex into --out-dir (default MULTIRUN_DIR) and prints the Markdown.
 """

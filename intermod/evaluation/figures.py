@@ -59,7 +59,8 @@ def subject_figure(ct: np.ndarray, mr: np.ndarray, ct_labels: np.ndarray, mr_lab
             ax.set_title(f"{name} {plane}")
             ax.axis("off")
     handles = [plt.Line2D([], [], color=c, label=n) for c, n in zip(ORGAN_COLOURS, labels)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(labels))
+    if handles:  # a label-free dataset has no organs to name
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles))
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     return fig

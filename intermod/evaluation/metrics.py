@@ -11,6 +11,7 @@ is defined exactly as in MONAI's ``get_mask_edges`` (see :func:`mask_surface`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -32,6 +33,8 @@ def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     image's own range: in [0, log(bins)], and unchanged by a linear rescaling of either image."""
     if a.shape != b.shape:
         raise ValueError(f"mutual_information: shapes differ, {a.shape} vs {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan  # a diverged network's output: reported as NaN, like ncc, not a crash
     joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
     p = joint / joint.sum()
     outer = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)

@@ -52,7 +52,7 @@ class Metric:
 METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False))
 # Image similarity after registration (evaluation.report), one row each: all a label-free dataset has.
 IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True), Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
-IMAGE_ROW = "image"
+IMAGE_ROW = "whole image"
 NO_ORGANS_NOTE = ("no organ labels in these runs (label-free dataset): DSC and ASD are not reported, "
                   "only image similarity")
 
@@ -287,6 +287,11 @@ def _notes(jobs: list[Job], methods: list[str]) -> list[str]:
     names = sorted({j.name for j in jobs if j.name})
     if len(names) > 1:
         notes.append(f"jobs of several experiments pooled: {', '.join(names)}")
+    older = [j for j in jobs if j.organs and not any(row == IMAGE_ROW for _, row in j.values)]
+    if older and len(older) < len(jobs):
+        notes.append(f"{len(older)} job(s) wrote no image similarity (metrics.json from before intermod "
+                     f"reported it); the MI and NCC rows leave their subjects out: "
+                     f"{', '.join(f'{j.method} fold {j.fold}' for j in older)}")
     hidden = sorted({j.method for j in jobs} - set(methods))
     if hidden:
         notes.append(f"methods found but not shown (--methods): {', '.join(hidden)}")
@@ -384,7 +389,7 @@ def _coverage_lines(table: Table1) -> list[str]:
             line += f"; seeds {', '.join(map(str, cov.seeds))} averaged per subject"
         nans = sum(table.cells[m.key, row, method].n_nan for m, rows in table.blocks for row in rows)
         if nans:
-            line += f"; {nans} NaN value(s) (empty organ) left out"
+            line += f"; {nans} NaN value(s) (empty organ or diverged run) left out"
         lines.append(line)
     return lines
 

@@ -145,12 +145,13 @@ def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(t
     assert "no organ labels (label-free dataset)" in result.stdout and "NCC (paired MR, MR)" in result.stdout
     out = run_dir(tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["labels"] == {} and metrics["summary"] == {}
+    assert metrics["labels"] == {} and metrics["summary"] == {} and metrics["label_free"] is True
     for subject in metrics["subjects"].values():
         assert subject["organs"] == {}  # no Dice of a body outline passed off as an organ's
         assert subject["images"]["ncc_mr_before"] > 0.5 and subject["images"]["mi_after"] > 0.1
     assert metrics["image_summary"]["mi_after"]["n"] == 2
     assert (out / "checkpoints" / "best.ckpt").exists()  # chosen by validation loss, there being no Dice
+    assert len(list((out / "figures").glob("test_*.png"))) == 2  # figures without organ contours
 
     run = next((out / "wandb").glob("offline-run-*"))
     history = wandb_history(run)
@@ -165,4 +166,4 @@ def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(t
     assert "No paired tests: no other method to compare with." in markdown
     assert NO_ORGANS_NOTE in markdown and "| DSC (%) |" not in markdown.split("## Reference")[0]
     ncc_after = np.mean([s["images"]["ncc_mr_after"] for s in metrics["subjects"].values()])
-    assert f"| NCC (paired MR, MR) | image | **{ncc_after:.3f} ± " in markdown
+    assert f"| NCC (paired MR, MR) | {IMAGE_ROW} | **{ncc_after:.3f} ± " in markdown

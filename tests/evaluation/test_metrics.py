@@ -61,6 +61,8 @@ def test_mutual_information_analytic_cases():
     assert mutual_information(a, halves) == pytest.approx(math.log(2))
     with pytest.raises(ValueError, match="shapes differ"):
         mutual_information(a, b[:-1])
+    a[3, 4] = np.nan  # a diverged network's warped image: NaN, as ncc gives, not an exception
+    assert math.isnan(mutual_information(a, b)) and math.isnan(ncc(a, b))
 
 
 def test_dice_identical_disjoint_empty():

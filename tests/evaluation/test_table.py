@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from intermod.cli.table1 import main
-from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, build_table, collect, paired_wilcoxon, to_latex,
-                                      to_markdown)
+from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, IMAGE_ROW, build_table, collect, paired_wilcoxon,
+                                      to_latex, to_markdown)
 
 PELVIS = ("bladder", "prostate", "rectum")
 
@@ -99,7 +99,8 @@ def test_nan_values_are_left_out_and_counted_and_seeds_average_per_subject(tmp_p
     rectum = table.cells["dice", "rectum", "ct"]
     assert (rectum.n, rectum.n_nan, rectum.mean) == (1, 1, pytest.approx(85.0))
     assert "85.0 ± n/a" in to_markdown(table)  # no std from one subject
-    assert "seeds 0, 1 averaged per subject; 2 NaN value(s) (empty organ) left out" in to_markdown(table)
+    assert ("seeds 0, 1 averaged per subject; 2 NaN value(s) (empty organ or diverged run) left out"
+            in to_markdown(table))
 
 
 def test_wilcoxon_matches_scipy_on_the_pairs_and_needs_six(tmp_path):
@@ -250,14 +251,14 @@ def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only
 
     table = build_table(collect(labelled))
     assert [(m.key, rows) for m, rows in table.blocks] == [("dice", list(PELVIS)), ("asd", list(PELVIS)),
-                                                           ("mi", ["image"]), ("ncc_mr", ["image"])]
-    cell = table.cells["mi", "image", "dual"]
+                                                           ("mi", [IMAGE_ROW]), ("ncc_mr", [IMAGE_ROW])]
+    cell = table.cells["mi", IMAGE_ROW, "dual"]
     assert (cell.mean, cell.std, cell.n) == (pytest.approx(0.425), pytest.approx(np.std(np.arange(6) / 100, ddof=1)), 6)
     # every subject better by 0.1: the exact two-sided p of 6 pairs all one way is 2/2^6
-    assert table.pvalues["ncc_mr", "image", "syn"].p == pytest.approx(2 / 64)
+    assert table.pvalues["ncc_mr", IMAGE_ROW, "syn"].p == pytest.approx(2 / 64)
     markdown = to_markdown(table)
-    assert "| MI (CT, MR) | image | 0.325 ± 0.019 | **0.425 ± 0.019** |" in markdown
-    assert "| NCC (paired MR, MR) | image | 0.800 ± 0.000 | **0.900 ± 0.000** |" in markdown
+    assert "| MI (CT, MR) | whole image | 0.325 ± 0.019 | **0.425 ± 0.019** |" in markdown
+    assert "| NCC (paired MR, MR) | whole image | 0.800 ± 0.000 | **0.900 ± 0.000** |" in markdown
     assert "label-free" not in markdown
 
     table = build_table(collect(label_free))
@@ -266,3 +267,8 @@ def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only
     assert "\\textbf{0.425 $\\pm$ 0.019}" in to_latex(table)
 
     assert [m.key for m, _ in build_table(collect(tmp_path / "old")).blocks] == ["dice", "asd"]
+    # an older job pooled with newer ones: its subjects are missing from the image rows, and the table says so
+    write_job(labelled, "syn", 1, {"sub-9": same_for_all(0.8, 2.0)})
+    table = build_table(collect(labelled))
+    assert table.cells["dice", "bladder", "syn"].n == 7 and table.cells["mi", IMAGE_ROW, "syn"].n == 6
+    assert "Note: 1 job(s) wrote no image similarity" in to_markdown(table) and "syn fold 1" in to_markdown(table)
