@@ -115,7 +115,7 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
     module.checkpoint_metadata = {
         "intermod_version": intermod.__version__, "method": cfg.method.name,
         "net": OmegaConf.to_container(cfg.model.net, resolve=True), "inference": cfg.model.inference,
-        "spacing": list(datamodule.spec.spacing or []), "orientation": datamodule.orientation,
+        "spacing": datamodule.spacing, "orientation": datamodule.orientation,
         "patch_size": cfg.data.patch_size, "label_free": datamodule.spec.label_free,
         "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
     ckpt_dir = out / CHECKPOINT_DIR
@@ -224,7 +224,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         if result is None:
             return None
         result.update(split=datamodule.split.as_dict(), labels=datamodule.labels, label_free=datamodule.spec.label_free,
-                      spacing=list(datamodule.spec.spacing or []))
+                      spacing=datamodule.spacing)
         summary = summarise(result["subjects"], result["labels"])
         image_summary = summarise_images(result["subjects"])
         log_test_results(loggers, result["subjects"], summary, image_summary)

@@ -112,6 +112,16 @@ class PairedDataModule(pl.LightningDataModule):
         return {} if self.spec.label_free else self.spec.labels
 
     @property
+    def spacing(self) -> list[float]:
+        """Voxel size (mm) of the training grid, recorded in checkpoints for registration: dataset.json's
+        ``spacing``, else the first subject's CT header (datasets whose subjects' spacings differ have none)."""
+        self.setup()
+        if self.spec.spacing is not None:
+            return list(self.spec.spacing)
+        zooms = nib.load(self.spec.path(self.spec.subjects[0], "ct")).header.get_zooms()[:3]
+        return [float(z) for z in zooms]
+
+    @property
     def orientation(self) -> str:
         """Axis codes of the training grid (e.g. "RAS"), recorded in checkpoints for registration."""
         self.setup()

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from wandb_offline import wandb_history
 
 from intermod.evaluation.table import IMAGE_ROW, NO_ORGANS_NOTE, build_table, collect, to_markdown
@@ -131,6 +132,7 @@ def label_free_copy(dataset: Path, dst: Path) -> Path:
     """The dataset as a label-free import leaves it (SynthRAD2023): a body mask for labels."""
     shutil.copytree(dataset, dst)
     meta = json.loads((dst / "dataset.json").read_text())
+    meta.pop("spacing")  # as intermod-import leaves it when subjects' spacings differ
     (dst / "dataset.json").write_text(json.dumps({**meta, "labels": {"body": 1}, "label_free": True}))
     for path in dst.glob("*/*_labels.nii.gz"):
         image = nib.load(path)
@@ -151,6 +153,10 @@ def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(t
         assert subject["images"]["ncc_mr_before"] > 0.5 and subject["images"]["mi_after"] > 0.1
     assert metrics["image_summary"]["mi_after"]["n"] == 2
     assert (out / "checkpoints" / "best.ckpt").exists()  # chosen by validation loss, there being no Dice
+    # the grid intermod-register resamples to: read from the images when dataset.json gives no spacing
+    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["intermod"]["spacing"] == [4.0, 4.0, 4.0] and checkpoint["intermod"]["label_free"] is True
+    assert metrics["spacing"] == [4.0, 4.0, 4.0]
     assert len(list((out / "figures").glob("test_*.png"))) == 2  # figures without organ contours
 
     run = next((out / "wandb").glob("offline-run-*"))
