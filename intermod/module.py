@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from intermod.evaluation.report import IMAGE_METRICS, evaluate_subject
+from intermod.evaluation.report import IMAGE_METRICS, evaluate_subject, subject_volumes
 from intermod.inference import register_volumes
 from intermod.losses import RegistrationLoss
 
@@ -19,7 +19,8 @@ class RegistrationModule(pl.LightningModule):
     """Trains ``net`` on patches with ``loss``; validates and tests by registering whole volumes.
 
     Validation logs the whole-volume loss, image similarity and, where the dataset has organ labels,
-    Dice/ASD per organ (``val/dice_mean``, else ``val/loss``, picks the best checkpoint). Test results are kept in ``test_results`` (subject -> metrics) for metrics.json.
+    Dice/ASD per organ (``val/dice_mean``, else ``val/loss``, picks the best checkpoint). Test results
+    are kept in ``test_results`` (subject -> metrics) for metrics.json.
     ``compile``: torch.compile the network (``compile_mode``: torch.compile's ``mode``) when the trainer
     configures the model; in place, so checkpoints keep the eager network's parameter names.
     """
@@ -71,11 +72,7 @@ class RegistrationModule(pl.LightningModule):
         return register_volumes(self.net, batch["ct"], batch["mr"], batch["mr_labels"], self.inference)
 
     def _evaluate(self, batch: dict, out: dict[str, torch.Tensor]) -> dict:
-        def numpy(t: torch.Tensor) -> np.ndarray:
-            return t[0].squeeze(0).float().cpu().numpy()
-        volumes = {key: numpy(batch[key]) for key in ("ct", "mr", "mr_paired", "ct_labels", "mr_labels")}
-        volumes.update({key: numpy(out[key]) for key in ("mr_warped", "mr_labels_warped")})
-        return evaluate_subject(volumes, out["field"][0].float().cpu().numpy(), self.labels,
+        return evaluate_subject(subject_volumes(batch, out), out["field"][0].float().cpu().numpy(), self.labels,
                                 batch["spacing"][0].tolist())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

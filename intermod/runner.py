@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 import intermod
 from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
-from intermod.evaluation.report import evaluate_subject, format_table, summarise, summarise_images
+from intermod.evaluation.report import evaluate_subject, format_table, subject_volumes, summarise, summarise_images
 from intermod.io import atomic_write_json, atomic_write_text
 from intermod.wandb_mode import offline_unless_logged_in
 from intermod.spatial import warp, warp_labels
@@ -167,10 +167,9 @@ def register_classically(cfg: DictConfig, out: Path, datamodule, loggers: list) 
         field = torch.from_numpy(result.field)[None]
         registered = {"field": field, "mr_warped": warp(batch["mr"], field),
                       "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
-        volumes = {key: numpy(key) for key in ("ct", "mr", "mr_paired", "ct_labels", "mr_labels")}
-        volumes.update({key: registered[key][0, 0].numpy() for key in ("mr_warped", "mr_labels_warped")})
         subject = batch["subject_id"][0]
-        subjects[subject] = evaluate_subject(volumes, result.field, datamodule.labels, spacing)
+        subjects[subject] = evaluate_subject(subject_volumes(batch, registered), result.field, datamodule.labels,
+                                             spacing)
         subjects[subject]["seconds"] = result.seconds
         seconds.append(result.seconds)
         log_registration_figure(batch, registered, datamodule.labels, str(out / "figures"), "test", loggers)

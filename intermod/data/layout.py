@@ -15,7 +15,8 @@ A dataset is a folder with a ``dataset.json`` and one sub-folder per subject::
 All files of a subject share one grid (shape, spacing, origin, orientation). ``dataset.json``
 holds ``labels`` (organ name -> integer value, 0 is background), ``modalities``, ``spacing`` and
 ``version``; ``"label_free": true`` marks a dataset without organ labels (a body mask stands in for
-the label maps), which is evaluated on image similarity only, never by Dice. Writers here are atomic: a subject appears complete or not at all.
+the label maps), which is evaluated on image similarity only, never by Dice. Writers here are atomic:
+a subject appears complete or not at all.
 """
 from __future__ import annotations
 

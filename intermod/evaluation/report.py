@@ -24,14 +24,24 @@ def image_similarity(ct: np.ndarray, mr: np.ndarray, mr_warped: np.ndarray, mr_p
             "ncc_mr_before": ncc(mr_paired, mr), "ncc_mr_after": ncc(mr_paired, mr_warped)}
 
 
+def subject_volumes(batch: dict, registered: dict) -> dict[str, np.ndarray]:
+    """The (X, Y, Z) arrays :func:`evaluate_subject` reads, from a one-subject whole-volume batch
+    (tensors (1, 1, X, Y, Z)) and its registration (``mr_warped``, ``mr_labels_warped``)."""
+    def array(tensor) -> np.ndarray:
+        return tensor[0, 0].float().cpu().numpy()
+    volumes = {key: array(batch[key]) for key in ("ct", "mr", "mr_paired", "ct_labels", "mr_labels")}
+    volumes.update({key: array(registered[key]) for key in ("mr_warped", "mr_labels_warped")})
+    return volumes
+
+
 def evaluate_subject(volumes: dict[str, np.ndarray], field: np.ndarray | None, labels: dict[str, int],
                      spacing) -> dict:
     """Organ metrics of the CT labels against the MR labels (none when ``labels`` is empty), image
     similarity, and folding of ``field``, before and after registration.
 
     ``volumes``: (X, Y, Z) arrays ``ct``, ``mr``, ``mr_paired``, ``mr_warped``, ``ct_labels``,
-    ``mr_labels``, ``mr_labels_warped``. ``field``: displacement (3, X, Y, Z) in voxels, or None for
-    methods that do not give one.
+    ``mr_labels``, ``mr_labels_warped`` (see :func:`subject_volumes`). ``field``: displacement
+    (3, X, Y, Z) in voxels, or None for methods that do not give one.
     """
     before = organ_metrics(volumes["ct_labels"], volumes["mr_labels"], labels, spacing)
     after = organ_metrics(volumes["ct_labels"], volumes["mr_labels_warped"], labels, spacing)

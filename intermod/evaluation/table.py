@@ -51,7 +51,8 @@ class Metric:
 
 METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False))
 # Image similarity after registration (evaluation.report), one row each: all a label-free dataset has.
-IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True), Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
+IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True),
+                 Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
 IMAGE_ROW = "whole image"
 NO_ORGANS_NOTE = ("no organ labels in these runs (label-free dataset): DSC and ASD are not reported, "
                   "only image similarity")

@@ -164,7 +164,8 @@ def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(t
     assert "val/ncc_mr" in history and "test/mi_after" in history
     assert not any("dice" in key for key in history)
     assert len(wandb_table(run / "files", "test/per_subject_images")["data"]) == 2
-    assert [p.name.startswith("per_subject_images_") for p in (run / "files" / "media" / "table" / "test").iterdir()] == [True]
+    tables = run / "files" / "media" / "table" / "test"
+    assert [p.name.startswith("per_subject_images_") for p in tables.iterdir()] == [True]
 
     table = build_table(collect(tmp_path / "runs"))
     assert [(m.key, rows) for m, rows in table.blocks] == [("mi", [IMAGE_ROW]), ("ncc_mr", [IMAGE_ROW])]

@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from intermod.evaluation.report import NO_ORGANS, evaluate_subject, format_table, summarise, summarise_images
+from intermod.evaluation.report import (NO_ORGANS, evaluate_subject, format_table, subject_volumes, summarise,
+                                       summarise_images)
 
 LABELS = {"bladder": 1, "rectum": 2}
 
@@ -54,3 +56,14 @@ def test_summary_leaves_empty_organs_out_and_counts_the_rest():
     assert summary["rectum"]["dice_after"]["n"] == 1
     table = format_table(summary)
     assert "| bladder | 75.0 ± 25.0 | 100.0 ± 0.0 |" in table and "image similarity" not in table
+
+
+def test_subject_volumes_takes_the_arrays_out_of_a_batch_and_its_registration():
+    arrays = volumes()
+    batch = {k: torch.from_numpy(arrays[k])[None, None] for k in ("ct", "mr", "mr_paired", "ct_labels", "mr_labels")}
+    batch["mr"] = batch["mr"].to(torch.bfloat16)  # as a bf16 run leaves it: numpy has no bfloat16
+    registered = {k: torch.from_numpy(arrays[k])[None, None] for k in ("mr_warped", "mr_labels_warped")}
+    out = subject_volumes(batch, registered)
+    assert sorted(out) == sorted(arrays) and all(v.shape == (24, 20, 16) for v in out.values())
+    np.testing.assert_array_equal(out["ct_labels"], arrays["ct_labels"])
+    np.testing.assert_allclose(out["mr"], arrays["mr"], rtol=1e-2)
