@@ -85,6 +85,9 @@ def read_dataset_json(root: Path) -> dict:
     bad = {k: v for k, v in labels.items() if not isinstance(v, int) or isinstance(v, bool) or v <= 0}
     if bad:
         raise DatasetError(f"{path}: label values must be positive integers (0 is background); got {bad}")
+    if not isinstance(meta.get("label_free", False), bool):  # "false" as a string would read as true
+        raise DatasetError(f"{path}: 'label_free' must be true or false (JSON booleans, no quotes); "
+                           f"got {meta['label_free']!r}")
     return meta
 
 

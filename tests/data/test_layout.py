@@ -67,6 +67,8 @@ def test_write_subject_is_atomic_on_failure(tmp_path):
     (lambda r: (r / "b" / "ct.nii.gz").write_bytes(b"\x1f\x8bnot really gzip"), "b/ct.nii.gz: unreadable"),
     (lambda r: (r / "dataset.json").write_text("{"), "dataset.json: not valid JSON"),
     (lambda r: (r / "dataset.json").write_text(json.dumps({"labels": {"bladder": 0}})), "label values must be positive"),
+    (lambda r: (r / "dataset.json").write_text(json.dumps({"labels": {"bladder": 1}, "label_free": "false"})),
+     "dataset.json: 'label_free' must be true or false"),
 ])
 def test_every_problem_is_reported_with_its_file(dataset, damage, expected, capsys):
     damage(dataset)
