@@ -23,16 +23,20 @@ class RegistrationModule(pl.LightningModule):
     are kept in ``test_results`` (subject -> metrics) for metrics.json.
     ``compile``: torch.compile the network (``compile_mode``: torch.compile's ``mode``) when the trainer
     configures the model; in place, so checkpoints keep the eager network's parameter names.
+    ``scheduler_interval``: step the learning-rate scheduler every "epoch" (the paper's halving) or "step".
     """
 
     def __init__(self, net: nn.Module, loss: RegistrationLoss, optimizer: Callable, scheduler: Callable | None = None,
-                 labels: dict[str, int] | None = None, inference: str = "whole", channels_last: bool = False,
+                 scheduler_interval: str = "epoch", labels: dict[str, int] | None = None, inference: str = "whole", channels_last: bool = False,
                  figure_callback: Callable | None = None, compile: bool = False, compile_mode: str | None = None):
         super().__init__()
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.scheduler_interval = scheduler_interval
         self.labels = dict(labels or {})
         self.inference = inference
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -68,17 +72,19 @@ class RegistrationModule(pl.LightningModule):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.current_epoch)
 
-    def _register(self, batch: dict) -> dict[str, torch.Tensor]:
+    def register_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The whole-volume field, warped MR and warped MR labels of a validation/test batch."""
         return register_volumes(self.net, batch["ct"], batch["mr"], batch["mr_labels"], self.inference)
 
-    def _evaluate(self, batch: dict, out: dict[str, torch.Tensor]) -> dict:
+    def evaluate_batch(self, batch: dict, out: dict[str, torch.Tensor]) -> dict:
+        """Organ and image metrics of a registered batch (``evaluation.report.evaluate_subject``)."""
         return evaluate_subject(subject_volumes(batch, out), out["field"][0].float().cpu().numpy(), self.labels,
                                 batch["spacing"][0].tolist())
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._register(batch)
+        out = self.register_batch(batch)
         loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
-        result = self._evaluate(batch, out)
+        result = self.evaluate_batch(batch, out)
         metrics = {"val/loss": loss, **{f"val/{m}": result["images"][f"{m}_after"] for m in IMAGE_METRICS}}
         if result["organs"]:
             dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
@@ -93,8 +99,8 @@ class RegistrationModule(pl.LightningModule):
                                  epoch=self.current_epoch, step=self.global_step)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._register(batch)
-        self.test_results[batch["subject_id"][0]] = self._evaluate(batch, out)
+        out = self.register_batch(batch)
+        self.test_results[batch["subject_id"][0]] = self.evaluate_batch(batch, out)
         if self.figure_callback is not None:
             self.figure_callback(batch, out, self.labels, stage="test", loggers=self.loggers)
 
@@ -103,7 +109,7 @@ class RegistrationModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer),
-                                                         "interval": "epoch"}}
+                                                         "interval": self.scheduler_interval}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What intermod-register needs to rebuild the network and check compatibility.

@@ -106,18 +106,24 @@ def make_datamodule(cfg: DictConfig):
     return datamodule
 
 
-def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict | None:
-    """Train the network on patches, then register the test subjects with the best checkpoint.
-
-    Returns None on ranks other than 0 of a multi-process job."""
+def make_module(cfg: DictConfig, datamodule, figure_callback=None):
+    """The LightningModule of a learned method, with what a checkpoint must record to register later."""
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
-                         figure_callback=partial(log_registration_figure, out_dir=str(out / "figures")))
+                         figure_callback=figure_callback)
     module.checkpoint_metadata = {
         "intermod_version": intermod.__version__, "method": cfg.method.name,
         "net": OmegaConf.to_container(cfg.model.net, resolve=True), "inference": cfg.model.inference,
         "spacing": datamodule.spacing, "orientation": datamodule.orientation,
-        "patch_size": cfg.data.patch_size, "label_free": datamodule.spec.label_free,
+        "patch_size": OmegaConf.to_container(cfg.data, resolve=True)["patch_size"], "label_free": datamodule.spec.label_free,
         "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
+    return module
+
+
+def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict | None:
+    """Train the network on patches, then register the test subjects with the best checkpoint.
+
+    Returns None on ranks other than 0 of a multi-process job."""
+    module = make_module(cfg, datamodule, partial(log_registration_figure, out_dir=str(out / "figures")))
     ckpt_dir = out / CHECKPOINT_DIR
     callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps, has_organs=bool(datamodule.labels))
     if cfg.early_stopping_patience:
@@ -176,6 +182,19 @@ def register_classically(cfg: DictConfig, out: Path, datamodule, loggers: list) 
     return {"subjects": subjects, "timings": {"register_s": seconds}}
 
 
+def add_ground_truth(subjects: dict[str, dict], datamodule) -> None:
+    """Each test subject with a known field (the phantom's) also gets its metrics registered by that field:
+    the ceiling a method can reach at this resolution, Table 1's Ground truth column."""
+    for batch in datamodule.test_dataloader():
+        subject = batch["subject_id"][0]
+        field = datamodule.ground_truth_field(subject)
+        if field is None or subject not in subjects:
+            continue
+        registered = {"mr_warped": warp(batch["mr"], field), "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
+        subjects[subject]["ground_truth"] = evaluate_subject(subject_volumes(batch, registered), field[0].numpy(),
+                                                             datamodule.labels, batch["spacing"][0].tolist())
+
+
 def log_test_results(loggers: list, subjects: dict, summary: dict, image_summary: dict) -> None:
     """Test metrics to every logger; to W&B also per-subject tables. Then close the W&B run."""
     means = {f"test/{m}_{organ}": row[m]["mean"] for organ, row in summary.items()
@@ -222,6 +241,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         result = method(cfg, out, datamodule, loggers)
         if result is None:
             return None
+        add_ground_truth(result["subjects"], datamodule)
         result.update(split=datamodule.split.as_dict(), labels=datamodule.labels, label_free=datamodule.spec.label_free,
                       spacing=datamodule.spacing)
         summary = summarise(result["subjects"], result["labels"])

@@ -94,12 +94,14 @@ def warp(moving: Tensor, phi: Tensor, mode: str = "bilinear", padding_mode: str 
     batch, channels = moving.shape[:2]
     # Sampling positions p = x + offset + phi(x) per axis, then per axis the neighbours read: the
     # rounded position (nearest) or floor and floor + 1 with weights 1 - frac and frac (Eq. 5).
+    # Positions in at least float32: a bfloat16 field (autocast) would round them to half voxels above 128.
+    dtype = torch.promote_types(phi.dtype, torch.float32)
     neighbours, weights = [], []
     for d in range(3):
         view = [1, 1, 1]
         view[d] = -1
-        grid = torch.arange(phi.shape[2 + d], device=phi.device, dtype=phi.dtype) + offset[d]
-        p = phi[:, d] + grid.view(view)
+        grid = torch.arange(phi.shape[2 + d], device=phi.device, dtype=dtype) + offset[d]
+        p = phi[:, d].to(dtype) + grid.view(view)
         if mode == "nearest":
             neighbours.append([p.round().long()])
             continue

@@ -107,3 +107,30 @@ def test_cuda_inference_matches_cpu_float32(voxel_field_net, volume_pair, precis
     error = (field - predict_field(voxel_field_net, ct, mr)).abs()
     # fp32 on a GPU may use TF32 convolutions (cuDNN's default): ~1e-3 relative.
     assert error.max() < (0.05 if precision == "bf16" else 0.01) and error.mean() < 0.01
+
+
+def test_autocast_bf16_validation_on_a_grid_wider_than_256_gives_the_fp32_dice():
+    """Under trainer.precision=bf16-mixed validation runs in autocast: the field comes out in bfloat16, and
+    positions formed in bfloat16 would round to whole voxels above 256. Labels warped through
+    register_volumes must match float32's."""
+    from intermod.evaluation.metrics import dice
+
+    torch.manual_seed(5)
+    net = RegistrationUNet(widths=(4, 8, 8), field_resolution="half").eval()
+    shape = (300, 12, 10)
+    x = torch.linspace(0, 30, shape[0]).view(1, 1, -1, 1, 1).expand(1, 1, *shape)  # 0.1 per voxel
+    ct, mr = torch.rand(1, 1, *shape), x.clone()
+    labels = (torch.arange(shape[0]) // 20 % 3).view(1, 1, -1, 1, 1).expand(1, 1, *shape).contiguous()
+    with torch.no_grad():  # displacements of a few voxels, as a trained network gives
+        net.head.weight[0].mul_(3.0 / predict_field(net, ct, mr)[:, 0].abs().max())  # along the long axis
+    exact = register_volumes(net, ct, mr, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = register_volumes(net, ct, mr, labels)
+    assert fast["field"].dtype == torch.bfloat16 and exact["field"][:, 0].abs().max() > 1.0
+    for value in (0, 1, 2):
+        fixed = labels[0, 0].numpy() == value
+        a = exact["mr_labels_warped"][0, 0].numpy() == value
+        b = fast["mr_labels_warped"][0, 0].numpy() == value
+        assert abs(dice(fixed, a) - dice(fixed, b)) < 0.005  # within 0.5 points (0.6 with bfloat16 positions)
+        assert dice(a, b) > 0.99
+    torch.testing.assert_close(fast["mr_warped"], exact["mr_warped"], atol=0.02, rtol=0)

@@ -128,3 +128,13 @@ def test_invalid_options_raise():
         warp(moving, phi, padding_mode="reflection")
     with pytest.raises(ValueError, match="floating-point"):
         warp(moving.long(), phi)
+
+
+def test_a_bfloat16_field_samples_at_float32_positions():
+    """bfloat16 holds whole voxels only between 128 and 256: positions must not be formed in the field's dtype."""
+    ramp = torch.arange(300, dtype=torch.float32).view(1, 1, 300, 1, 1).expand(1, 1, 300, 2, 2).contiguous()
+    phi = torch.zeros(1, 3, 300, 2, 2, dtype=torch.bfloat16)
+    phi[:, 0] = 0.25  # exact in bfloat16
+    warped = warp(ramp, phi)
+    assert warped.dtype == torch.float32
+    torch.testing.assert_close(warped[0, 0, :299, 0, 0], torch.arange(299, dtype=torch.float32) + 0.25)

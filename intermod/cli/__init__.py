@@ -1,4 +1,20 @@
 """Console scripts, one small file each. Hydra apps read their configs from the repository's conf/."""
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def bf16_where_native(accelerator: str = "auto") -> str:
+    """Lightning's precision for ``accelerator``: "bf16-mixed" where its device computes bfloat16 natively
+    (AMX / AVX-512 BF16 CPUs, Ampere and later GPUs), else "32" (emulated bfloat16 would be slower)."""
+    import torch
+
+    from intermod.inference import native_bf16
+
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if native_bf16(torch.device("cuda" if cuda else "cpu")) else "32"
+
+
+OmegaConf.register_new_resolver("bf16_where_native", bf16_where_native, replace=True)

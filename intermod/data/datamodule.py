@@ -6,17 +6,26 @@ from pathlib import Path
 from typing import Sequence
 
 import nibabel as nib
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torchio as tio
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from intermod.data.layout import IMAGE_KEYS, LABEL_KEYS, DatasetSpec, load_dataset
+from intermod.data.layout import FIELD_KEY, IMAGE_KEYS, LABEL_KEYS, DatasetSpec, load_dataset
 from intermod.data.splits import Split, make_split
 
 CT_KEYS = ("ct", "ct_paired")
 MR_KEYS = ("mr", "mr_paired")
 VOLUME_KEYS = IMAGE_KEYS + LABEL_KEYS
+
+
+def patch_shape(patch_size: int | Sequence[int]) -> tuple[int, int, int]:
+    """A patch size as three ints: one for every axis, or one per axis (the 2 mm grid's z axis is short)."""
+    size = (patch_size,) * 3 if isinstance(patch_size, (int, float, str)) else tuple(patch_size)
+    if len(size) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size):
+        raise ValueError(f"patch_size must be a positive int or 3 positive ints (X, Y, Z), got {patch_size!r}")
+    return size
 
 
 def load_subject(spec: DatasetSpec, subject: str, flipped: bool = False) -> tio.Subject:
@@ -75,12 +84,12 @@ class PairedDataModule(pl.LightningDataModule):
     """Train on a tio.Queue of patches from paired subjects (and their x-flipped copies);
     validate and test on whole volumes.
 
-    Training volumes are padded by ``margin`` (half of what the valid-convolution network loses per
+    ``patch_size``: one int, or (X, Y, Z). Training volumes are padded by ``margin`` (half of what the valid-convolution network loses per
     axis), so every original voxel can be the centre of a patch's output region.
     """
 
     def __init__(self, root: str | Path, fold: int = 0, split_seed: int = 0, n_folds: int = 5,
-                 n_test: int = 2, n_val: int = 1, patch_size: int = 68, margin: int = 20,
+                 n_test: int = 2, n_val: int = 1, patch_size: int | Sequence[int] = 68, margin: int = 20,
                  samples_per_volume: int = 64, queue_length: int = 256, batch_size: int = 2,
                  num_workers: int = 0, flip_augment: bool = True, sampler: str = "uniform",
                  ct_window: Sequence[float] = (-160.0, 240.0),
@@ -91,7 +100,7 @@ class PairedDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.fold, self.split_seed = fold, split_seed
         self.split_sizes = dict(n_folds=n_folds, n_test=n_test, n_val=n_val)
-        self.patch_size, self.margin = patch_size, margin
+        self.patch_size, self.margin = patch_shape(patch_size), margin
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.flip_augment, self.sampler_name = flip_augment, sampler
@@ -126,6 +135,15 @@ class PairedDataModule(pl.LightningDataModule):
         """Axis codes of the training grid (e.g. "RAS"), recorded in checkpoints for registration."""
         self.setup()
         return "".join(nib.aff2axcodes(nib.load(self.spec.path(self.spec.subjects[0], "ct")).affine))
+
+    def ground_truth_field(self, subject: str) -> torch.Tensor | None:
+        """The subject's known displacement (1, 3, X, Y, Z) in voxels (phantoms), or None where it has none."""
+        self.setup()
+        path = self.spec.path(subject, FIELD_KEY)
+        if not path.exists():
+            return None
+        field = torch.from_numpy(np.asarray(nib.load(path).dataobj, dtype=np.float32))
+        return field.permute(3, 0, 1, 2)[None].contiguous()
 
     def _sampler(self) -> tio.data.PatchSampler:
         if self.sampler_name == "label":

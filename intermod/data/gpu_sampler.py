@@ -22,7 +22,7 @@ import torchio as tio
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from intermod.data.datamodule import PairedDataModule
+from intermod.data.datamodule import PairedDataModule, patch_shape
 from intermod.data.layout import IMAGE_KEYS, LABEL_KEYS
 
 CROPS = ("gather", "slice")
@@ -88,32 +88,35 @@ class DeviceVolumes:
         stop = start + math.prod(shape)
         return self.images[:, start:stop].view(-1, *shape), self.labels[:, start:stop].view(-1, *shape)
 
-    def _flat_index(self, volumes: Tensor, corners: Tensor, size: int) -> Tensor:
-        """(B, P, P, P) flat voxel indices of the patches with the given volumes and first corners (on any device)."""
-        steps = torch.arange(size, device=self.device)
+    def _flat_index(self, volumes: Tensor, corners: Tensor, size: tuple[int, int, int]) -> Tensor:
+        """(B, PX, PY, PZ) flat voxel indices of the patches with the given volumes and first corners (on any device)."""
+        steps = [torch.arange(n, device=self.device) for n in size]
         volumes, corners = volumes.to(self.device), corners.to(self.device)
-        x = (corners[:, 0, None] + steps) * self.stride_x[volumes, None]
-        y = (corners[:, 1, None] + steps) * self.stride_y[volumes, None]
-        z = corners[:, 2, None] + steps
+        x = (corners[:, 0, None] + steps[0]) * self.stride_x[volumes, None]
+        y = (corners[:, 1, None] + steps[1]) * self.stride_y[volumes, None]
+        z = corners[:, 2, None] + steps[2]
         return (self.starts[volumes, None, None, None] + x[:, :, None, None] + y[:, None, :, None]
                 + z[:, None, None, :])
 
-    def crop(self, volumes: Tensor, corners: Tensor, size: int, method: str = "gather") -> dict[str, Tensor]:
-        """Patches of ``size``^3 voxels: patch b of volume ``volumes[b]`` from voxel ``corners[b]`` on.
+    def crop(self, volumes: Tensor, corners: Tensor, size: int | Sequence[int],
+             method: str = "gather") -> dict[str, Tensor]:
+        """Patches of ``size`` (an int or (X, Y, Z)) voxels: patch b of volume ``volumes[b]`` from voxel
+        ``corners[b]`` on.
 
-        Returns the queue's batch dict, {key: (B, 1, P, P, P)}. ``method``: "gather" cuts the whole
+        Returns the queue's batch dict, {key: (B, 1, PX, PY, PZ)}. ``method``: "gather" cuts the whole
         batch with one index_select per tensor; "slice" stacks B sliced views (B small copies).
         """
         if method not in CROPS:
             raise ValueError(f"crop method must be one of {CROPS}, got {method!r}")
-        batch = len(volumes)
+        batch, size = len(volumes), patch_shape(size)
+        sx, sy, sz = size
         if method == "gather":
             index = self._flat_index(volumes, corners, size).flatten()
-            images = self.images.index_select(1, index).view(-1, batch, size, size, size)
-            labels = self.labels.index_select(1, index).view(-1, batch, size, size, size)
+            images = self.images.index_select(1, index).view(-1, batch, *size)
+            labels = self.labels.index_select(1, index).view(-1, batch, *size)
         else:
             views = [self.volume(v) for v in volumes.tolist()]
-            cuts = [(slice(None), slice(x, x + size), slice(y, y + size), slice(z, z + size))
+            cuts = [(slice(None), slice(x, x + sx), slice(y, y + sy), slice(z, z + sz))
                     for x, y, z in corners.tolist()]
             images = torch.stack([im[cut] for (im, _), cut in zip(views, cuts)], 1)
             labels = torch.stack([lab[cut] for (_, lab), cut in zip(views, cuts)], 1)
@@ -132,11 +135,12 @@ class DevicePatches(IterableDataset):
     whatever the device; under DDP each of ``world_size`` ranks draws its own share of the epoch.
     """
 
-    def __init__(self, volumes: DeviceVolumes, patch_size: int, samples_per_volume: int, batch_size: int,
+    def __init__(self, volumes: DeviceVolumes, patch_size: int | Sequence[int], samples_per_volume: int, batch_size: int,
                  seed: int = 0, crop: str = "gather", rank: int = 0, world_size: int = 1):
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-        too_small = [s for s in volumes.shapes if min(s) < patch_size]
+        patch_size = patch_shape(patch_size)
+        too_small = [s for s in volumes.shapes if any(n < p for n, p in zip(s, patch_size))]
         if too_small:
             raise ValueError(f"patch size {patch_size} exceeds padded volume shapes {too_small}")
         self.volumes, self.patch_size, self.crop = volumes, patch_size, crop
@@ -150,7 +154,7 @@ class DevicePatches(IterableDataset):
         """One epoch of (volume indices (B,), first corners (B, 3)), on the CPU; advances the generator."""
         slots = torch.arange(len(self.volumes)).repeat_interleave(self.samples_per_volume)
         order = slots[torch.randperm(len(slots), generator=self.generator)]
-        positions = self.volumes.sizes - self.patch_size + 1  # corners per axis
+        positions = self.volumes.sizes - torch.tensor(self.patch_size) + 1  # corners per axis
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             volumes = order[start:start + self.batch_size]
             fraction = torch.rand(len(volumes), 3, generator=self.generator, dtype=torch.float64)

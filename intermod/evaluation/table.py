@@ -4,7 +4,8 @@ Each cell is the mean ± sample standard deviation (ddof=1; the paper does not s
 test subjects of all folds pooled, after registration. A subject tested by several jobs of the same
 method and fold (several seeds) counts once, with its values averaged over those jobs, so that
 subjects stay the unit of both the statistics and the paired tests. NaN values (an organ empty in a
-label map) are left out of the statistics and counted.
+label map) are left out of the statistics and counted. Beside the methods stand two reference columns
+read from the same files: Before (no registration) and, on a phantom, Ground truth (its exact field).
 
 Dual is compared with every other method by a two-sided paired Wilcoxon signed-rank test per organ
 and metric, pairing by (fold, subject). Failed, corrupt and missing jobs are listed, never averaged
@@ -29,8 +30,13 @@ from intermod.wandb_mode import offline_unless_logged_in
 
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
-METHOD_ORDER = ("affine", "syn", "ct", "mr", "dual")
-DISPLAY = {"affine": "Affine", "syn": "SyN", "ct": "CT", "mr": "MR", "dual": "Dual", "mi": "MI"}
+# Two reference columns come from every job's metrics.json: the subjects before registration and, on a
+# phantom, registered with its ground-truth field (what a perfect method would reach at this resolution).
+BEFORE, TRUTH = "before", "truth"
+REFERENCE_COLUMNS = (BEFORE, TRUTH)
+METHOD_ORDER = (BEFORE, "affine", "syn", "ct", "mr", "dual", TRUTH)
+DISPLAY = {BEFORE: "Before", "affine": "Affine", "syn": "SyN", "ct": "CT", "mr": "MR", "dual": "Dual", "mi": "MI",
+           TRUTH: "Ground truth"}
 REFERENCE_METHOD = "dual"
 MIN_PAIRS = 6
 FEW_PAIRS = (f"fewer than {MIN_PAIRS} pairs (with {MIN_PAIRS - 1} or fewer the smallest exact two-sided p is "
@@ -54,6 +60,9 @@ METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (m
 IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True),
                  Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
 IMAGE_ROW = "whole image"
+# Folding of the field: % voxels whose Jacobian determinant is <= 0 (0 before registration).
+FOLDING = Metric("folding", "Folding (% det J <= 0)", "%", 1.0, 3, False)
+FIELD_ROW = "whole field"
 NO_ORGANS_NOTE = ("no organ labels in these runs (label-free dataset): DSC and ASD are not reported, "
                   "only image similarity")
 
@@ -155,19 +164,38 @@ def _as_float(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def parse_metrics(path: Path) -> Job:
-    """Read one metrics.json; raises ValueError, KeyError, TypeError or AttributeError when it is malformed."""
-    data = json.loads(path.read_text())
-    organs = list(data["labels"])
-    values = {(m.key, organ): {subject: _as_float(result["organs"][organ][f"{m.key}_after"])
-                               for subject, result in data["subjects"].items()}
+def _values(results: dict[str, dict], organs: list[str], when: str) -> dict[tuple[str, str], dict[str, float]]:
+    """values[(metric, row)][subject] of per-subject results, ``when`` "after" or "before" registration."""
+    values = {(m.key, organ): {subject: _as_float(result["organs"][organ][f"{m.key}_{when}"])
+                               for subject, result in results.items()}
               for m in METRICS for organ in organs}
-    if all("images" in result for result in data["subjects"].values()):  # older runs have none
-        values.update({(m.key, IMAGE_ROW): {subject: _as_float(result["images"][f"{m.key}_after"])
-                                            for subject, result in data["subjects"].items()}
+    if all("images" in result for result in results.values()):  # older runs have none
+        values.update({(m.key, IMAGE_ROW): {subject: _as_float(result["images"][f"{m.key}_{when}"])
+                                            for subject, result in results.items()}
                        for m in IMAGE_METRICS})
-    return Job(path=path, method=str(data["method"]), fold=int(data["fold"]), seed=data.get("seed"),
-               name=data.get("name"), organs=organs, values=values)
+    if when == "before":
+        values[FOLDING.key, FIELD_ROW] = dict.fromkeys(results, 0.0)  # the identity folds nothing
+    elif all(result.get("folding") for result in results.values()):
+        values[FOLDING.key, FIELD_ROW] = {subject: _as_float(result["folding"]["percent_nonpositive_jacobian"])
+                                          for subject, result in results.items()}
+    return values
+
+
+def parse_metrics(path: Path) -> list[Job]:
+    """The job of one metrics.json, then its subjects before registration and, where every subject has
+    one, with the ground-truth field (the reference columns). Raises ValueError, KeyError, TypeError or
+    AttributeError when the file is malformed."""
+    data = json.loads(path.read_text())
+    organs, subjects = list(data["labels"]), data["subjects"]
+
+    def job(method: str, results: dict, when: str) -> Job:
+        return Job(path=path, method=method, fold=int(data["fold"]), seed=data.get("seed"), name=data.get("name"),
+                   organs=organs, values=_values(results, organs, when))
+
+    jobs = [job(str(data["method"]), subjects, "after"), job(BEFORE, subjects, "before")]
+    if subjects and all("ground_truth" in result for result in subjects.values()):
+        jobs.append(job(TRUTH, {s: result["ground_truth"] for s, result in subjects.items()}, "after"))
+    return jobs
 
 
 def _guess_method_fold(folder: Path) -> tuple[str | None, int | None]:
@@ -187,7 +215,7 @@ def _read_failure(path: Path) -> Problem:
         return Problem(*_guess_method_fold(path.parent), f"failed (unreadable failed.json: {err})", path)
 
 
-def _read_folder(folder: Path) -> Job | Problem:
+def _read_folder(folder: Path) -> list[Job] | Problem:
     """The job in one folder: a failed.json newer than metrics.json wins (a forced re-run that failed)."""
     metrics, failed = folder / METRICS_FILE, folder / FAILED_FILE
     if failed.exists() and (not metrics.exists() or failed.stat().st_mtime >= metrics.stat().st_mtime):
@@ -208,7 +236,7 @@ def collect(multirun_dir: str | Path) -> Collection:
         raise NoResultsError(f"{root} does not exist or is not a folder")
     folders = sorted({p.parent for name in (METRICS_FILE, FAILED_FILE) for p in root.rglob(name)})
     found = [_read_folder(folder) for folder in folders]
-    jobs = [j for j in found if isinstance(j, Job)]
+    jobs = [j for jobs in found if isinstance(jobs, list) for j in jobs]
     problems = [p for p in found if isinstance(p, Problem)]
     if not jobs:
         detail = f" ({len(problems)} failed or corrupt job(s))" if problems else ""
@@ -276,7 +304,7 @@ def _missing(collection: Collection, methods: list[str], folds: list[int]) -> li
     done = {(j.method, j.fold) for j in collection.jobs}
     reported = {(p.method, p.fold) for p in collection.problems}
     absent = [Problem(m, f, f"no {METRICS_FILE}") for m in methods for f in folds
-              if (m, f) not in done and (m, f) not in reported]
+              if (m, f) not in done and (m, f) not in reported and m not in REFERENCE_COLUMNS]
     rank = {m: i for i, m in enumerate(methods)}  # the table's column order; unknown methods last
     return sorted(collection.problems + absent,
                   key=lambda p: (rank.get(p.method, len(rank)), str(p.method), -1 if p.fold is None else p.fold))
@@ -288,6 +316,7 @@ def _notes(jobs: list[Job], methods: list[str]) -> list[str]:
     names = sorted({j.name for j in jobs if j.name})
     if len(names) > 1:
         notes.append(f"jobs of several experiments pooled: {', '.join(names)}")
+    jobs = [j for j in jobs if j.method not in REFERENCE_COLUMNS]  # derived from the same files
     older = [j for j in jobs if j.organs and not any(row == IMAGE_ROW for _, row in j.values)]
     if older and len(older) < len(jobs):
         notes.append(f"{len(older)} job(s) wrote no image similarity (metrics.json from before intermod "
@@ -307,6 +336,8 @@ def build_table(collection: Collection, methods: list[str] | None = None) -> Tab
     organs = _organs(jobs)
     blocks = [(m, organs) for m in METRICS if organs]
     blocks += [(m, [IMAGE_ROW]) for m in IMAGE_METRICS if any((m.key, IMAGE_ROW) in j.values for j in jobs)]
+    if any((FOLDING.key, FIELD_ROW) in j.values for j in jobs if j.method not in REFERENCE_COLUMNS):
+        blocks.append((FOLDING, [FIELD_ROW]))
     folds = sorted({j.fold for j in jobs} | {p.fold for p in collection.problems if p.fold is not None})
     cells, pvalues = {}, {}
     for m, rows in blocks:
@@ -340,9 +371,11 @@ def format_cell(cell: Cell, digits: int, plus_minus: str = "±") -> str:
 
 
 def best_methods(table: Table1, metric: Metric, organ: str) -> set[str]:
-    """The methods with the best mean as displayed (ties, after rounding, all count)."""
+    """The registration methods with the best mean as displayed (ties, after rounding, all count); the
+    reference columns (before, ground truth) are not candidates."""
     shown = {method: round(table.cells[metric.key, organ, method].mean, metric.digits)
-             for method in table.methods if table.cells[metric.key, organ, method].n}
+             for method in table.methods
+             if method not in REFERENCE_COLUMNS and table.cells[metric.key, organ, method].n}
     if not shown:
         return set()
     best = max(shown.values()) if metric.higher_is_better else min(shown.values())

@@ -7,16 +7,23 @@ from hydra_compose import compose_train
 from omegaconf import OmegaConf
 
 from intermod.cli import CONF_DIR
+from intermod.data.datamodule import patch_shape
 from intermod.losses import RegistrationLoss
 
 GROUP = lambda group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))  # noqa: E731
 
 
 @pytest.mark.parametrize("experiment", GROUP("experiment"))
-def test_every_experiment_composes(experiment):
+def test_every_experiment_composes_and_instantiates(experiment):
     cfg = compose_train([f"experiment={experiment}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    assert cfg.name and cfg.method.name and cfg.data.patch_size % 4 == 0
+    assert cfg.name and cfg.method.name
+    patch = patch_shape(OmegaConf.to_container(cfg.data)["patch_size"])
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "synthesize"}
+    assert instantiate(data).patch_size == patch
+    module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels={"bladder": 1})
+    assert [module.net.output_size(n) for n in patch] == [n - 40 for n in patch]
+    assert module.configure_optimizers() is not None  # schedules resolve their step counts
 
 
 @pytest.mark.parametrize("method", GROUP("method"))

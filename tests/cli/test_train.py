@@ -174,3 +174,31 @@ def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(t
     assert NO_ORGANS_NOTE in markdown and "| DSC (%) |" not in markdown.split("## Reference")[0]
     ncc_after = np.mean([s["images"]["ncc_mr_after"] for s in metrics["subjects"].values()])
     assert f"| NCC (paired MR, MR) | {IMAGE_ROW} | **{ncc_after:.3f} ± " in markdown
+
+
+def test_the_cpu_recipe_trains_end_to_end_and_its_checkpoint_rebuilds_the_network(tmp_path, tiny_dataset):
+    """experiment=cpu's path: per-axis patches from volumes held in memory, a half-resolution field,
+    AdamW with warm-up and cosine decay counted in steps; registration rebuilds the same network."""
+    from intermod.registration import load_model
+
+    cmd = [sys.executable, "-m", "intermod.cli.train", "experiment=cpu", f"data.root={tiny_dataset}",
+           f"paths.log_dir={tmp_path}", "name=t", "data.synthesize=null", "data.patch_size=[60,56,48]",
+           "data.samples_per_volume=1", "trainer.max_steps=10", "model.scheduler.warmup_steps=2",
+           "trainer.enable_progress_bar=false"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = run_dir(tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 10
+    for subject in metrics["subjects"].values():  # the phantom's field: Table 1's Ground truth column
+        truth, organs = subject["ground_truth"], subject["organs"]
+        assert np.mean([truth["organs"][o]["dice_after"] for o in organs]) > np.mean(
+            [organs[o]["dice_before"] for o in organs])
+        assert truth["folding"]["percent_nonpositive_jacobian"] == 0.0
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["intermod"]["patch_size"] == [60, 56, 48]
+    assert checkpoint["intermod"]["net"]["field_resolution"] == "half"
+    # the schedule was stepped every step: warm-up done, cosine at its floor after max_steps
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == 10
+    model = load_model(out / "checkpoints" / "best.ckpt", precision="fp32")
+    assert model.net.net.field_resolution == "half" and not hasattr(model.net.net, "dec0")

@@ -68,3 +68,49 @@ def test_more_patches_per_volume_than_half_the_queue(tiny_dataset):
     loader = dm.train_dataloader()
     n_patches = sum(batch["ct"].shape[0] for batch in loader)
     assert n_patches == len(dm.split.train) * 2 * 20  # 5 loads of 4 patches per volume
+
+
+@pytest.mark.parametrize("size, shape", [(44, (44, 44, 44)), ([52, 48, 44], (52, 48, 44)), ((44, 44, 48), (44, 44, 48))])
+def test_patch_sizes_are_one_int_or_one_per_axis(size, shape):
+    from intermod.data.datamodule import patch_shape
+
+    assert patch_shape(size) == shape
+
+
+@pytest.mark.parametrize("size", [0, [44, 44], [44, 44, 0], 44.0, "44"])
+def test_invalid_patch_sizes_raise(size):
+    from intermod.data.datamodule import patch_shape
+
+    with pytest.raises(ValueError, match="patch_size"):
+        patch_shape(size)
+
+
+def test_queue_cuts_per_axis_patches(tiny_dataset):
+    dm = PairedDataModule(tiny_dataset, fold=0, patch_size=[52, 48, 44], samples_per_volume=2, queue_length=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert all(value.shape == (2, 1, 52, 48, 44) for value in batch.values())
+
+
+def test_ground_truth_field_warps_the_mr_onto_its_paired_version(datamodule):
+    from intermod.evaluation.metrics import ncc
+    from intermod.spatial import warp
+
+    batch = next(iter(datamodule.test_dataloader()))
+    field = datamodule.ground_truth_field(batch["subject_id"][0])
+    assert field.shape == (1, 3, *batch["mr"].shape[2:]) and field.dtype == torch.float32
+    assert field.abs().max() > 0.5  # a real deformation, in voxels
+    warped = warp(batch["mr"], field)
+    assert ncc(warped[0, 0].numpy(), batch["mr_paired"][0, 0].numpy()) > 0.98
+    assert ncc(warped[0, 0].numpy(), batch["mr_paired"][0, 0].numpy()) > ncc(batch["mr"][0, 0].numpy(),
+                                                                             batch["mr_paired"][0, 0].numpy())
+
+
+def test_no_ground_truth_field_is_none(tiny_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    dm = PairedDataModule(root, fold=0)
+    subject = dm.labels and dm.split.test[0]
+    (root / subject / "gt_field.nii.gz").unlink()
+    assert dm.ground_truth_field(subject) is None

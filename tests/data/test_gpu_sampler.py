@@ -70,6 +70,20 @@ def test_patches_are_crops_of_the_sampled_volumes_at_the_sampled_corners(datamod
             assert torch.equal(batch[key][b, 0], expected.to(batch[key].dtype)), (key, volumes.names[v])
 
 
+@pytest.mark.parametrize("method", ["gather", "slice"])
+def test_per_axis_patches_are_crops_at_the_sampled_corners(datamodule, method):
+    size = (52, 48, 44)
+    volumes = datamodule.load_volumes()
+    indices, corners = next(DevicePatches(volumes, size, SAMPLES, BATCH, seed=3).plan())
+    assert all(((volumes.sizes[v] - torch.tensor(size)) >= c).all() for v, c in zip(indices, corners))
+    batch = volumes.crop(indices, corners, size, method)
+    for b, (v, (x, y, z)) in enumerate(zip(indices.tolist(), corners.tolist())):
+        images, labels = reference_volumes(datamodule, volumes.names[v])
+        for key, volume in {**images, **labels}.items():
+            expected = volume[x:x + size[0], y:y + size[1], z:z + size[2]]
+            assert torch.equal(batch[key][b, 0], expected.to(batch[key].dtype)), (key, volumes.names[v])
+
+
 def test_every_key_of_a_flipped_volume_is_flipped(datamodule):
     volumes = datamodule.load_volumes()
     pairs = [(volumes.names.index(n), volumes.names.index(f"{n}-flipped")) for n in volumes.names if "-" not in n]

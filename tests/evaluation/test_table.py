@@ -67,7 +67,7 @@ def test_cells_are_the_mean_and_sample_std_over_subjects_of_all_folds(tmp_path):
         write_job(tmp_path, method, 1, {"sub-c": same_for_all(*values[2]), "sub-d": same_for_all(*values[3])})
     table = build_table(collect(tmp_path))
 
-    assert table.methods == ["affine", "dual"] and table.organs == list(PELVIS)
+    assert table.methods == ["before", "affine", "dual"] and table.organs == list(PELVIS)
     dice = np.array([v[0] for v in affine]) * 100
     cell = table.cells["dice", "prostate", "affine"]
     assert (cell.mean, cell.std, cell.n, cell.n_nan) == (pytest.approx(dice.mean()), pytest.approx(dice.std(ddof=1)),
@@ -76,9 +76,9 @@ def test_cells_are_the_mean_and_sample_std_over_subjects_of_all_folds(tmp_path):
     markdown = to_markdown(table)
     # Dice: affine 81.0 ± 8.4, dual 89.0 ± 2.6 (bold, highest); ASD: affine 2.50 ± 1.29 (bold, lowest),
     # dual 3.00 ± 1.29
-    assert "| DSC (%) | bladder | 81.0 ± 8.4 | **89.0 ± 2.6** |" in markdown
-    assert "|  | prostate | 81.0 ± 8.4 | **89.0 ± 2.6** |" in markdown
-    assert "| ASD (mm) | bladder | **2.50 ± 1.29** | 3.00 ± 1.29 |" in markdown
+    assert "| DSC (%) | bladder | 50.0 ± 0.0 | 81.0 ± 8.4 | **89.0 ± 2.6** |" in markdown
+    assert "|  | prostate | 50.0 ± 0.0 | 81.0 ± 8.4 | **89.0 ± 2.6** |" in markdown
+    assert "| ASD (mm) | bladder | 9.00 ± 0.00 | **2.50 ± 1.29** | 3.00 ± 1.29 |" in markdown
     assert "- Affine: n = 4 subjects from 2 of 2 folds" in markdown
     assert "\\textbf{89.0 $\\pm$ 2.6}" in to_latex(table) and "\\textbf{2.50 $\\pm$ 1.29}" in to_latex(table)
     assert "## Reference: Cao et al., MLMI 2018, Table 1" in markdown
@@ -191,7 +191,7 @@ def test_csv_and_latex_files_parse(tmp_path, capsys):
     tex = (tmp_path / "out" / "t1.tex").read_text()
     assert tex.count("\\begin{tabular}") == 1 and "\\toprule" in tex and "\\bottomrule" in tex
     header = next(line for line in tex.splitlines() if line.startswith("Metric"))
-    assert header == "Metric & Organ & Affine & SyN & CT & MR & Dual \\\\"
+    assert header == "Metric & Organ & Before & Affine & SyN & CT & MR & Dual \\\\"
     assert "DSC (\\%)" in tex
     dice_row = next(line for line in tex.splitlines() if line.startswith("DSC"))
     assert dice_row.split(" & ")[-1].startswith("\\textbf{")  # dual has the highest Dice
@@ -203,7 +203,7 @@ def test_other_organs_and_methods_and_column_order(tmp_path):
     for method in ("mi", "dual", "affine"):
         write_job(tmp_path, method, 0, {"s1": same_for_all(0.7, 2.0, organs)}, labels=organs)
     table = build_table(collect(tmp_path))
-    assert table.organs == ["liver", "kidney_left"] and table.methods == ["affine", "dual", "mi"]
+    assert table.organs == ["liver", "kidney_left"] and table.methods == ["before", "affine", "dual", "mi"]
     assert "| ASD (mm) | liver |" in to_markdown(table) and "kidney\\_left" in to_latex(table)
     chosen = build_table(collect(tmp_path), ["dual", "mi", "mr"])
     assert chosen.methods == ["dual", "mi", "mr"]
@@ -257,8 +257,8 @@ def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only
     # every subject better by 0.1: the exact two-sided p of 6 pairs all one way is 2/2^6
     assert table.pvalues["ncc_mr", IMAGE_ROW, "syn"].p == pytest.approx(2 / 64)
     markdown = to_markdown(table)
-    assert "| MI (CT, MR) | whole image | 0.325 ± 0.019 | **0.425 ± 0.019** |" in markdown
-    assert "| NCC (paired MR, MR) | whole image | 0.800 ± 0.000 | **0.900 ± 0.000** |" in markdown
+    assert "| MI (CT, MR) | whole image | 0.200 ± 0.000 | 0.325 ± 0.019 | **0.425 ± 0.019** |" in markdown
+    assert "| NCC (paired MR, MR) | whole image | 0.500 ± 0.000 | 0.800 ± 0.000 | **0.900 ± 0.000** |" in markdown
     assert "label-free" not in markdown
 
     table = build_table(collect(label_free))
@@ -272,3 +272,31 @@ def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only
     table = build_table(collect(labelled))
     assert table.cells["dice", "bladder", "syn"].n == 7 and table.cells["mi", IMAGE_ROW, "syn"].n == 6
     assert "Note: 1 job(s) wrote no image similarity" in to_markdown(table) and "syn fold 1" in to_markdown(table)
+
+
+def test_before_and_ground_truth_columns_and_the_folding_row(tmp_path):
+    """Before comes from every job's *_before values, Ground truth from the subjects' ground_truth results;
+    neither is ever bold, and Dual is tested against both."""
+    for fold in (0, 1, 2):
+        for method, dice in (("syn", 0.85), ("dual", 0.9)):
+            folder = write_job(tmp_path, method, fold, {f"sub-{fold}{k}": same_for_all(dice + 0.01 * k, 2.0)
+                                                        for k in range(2)})
+            data = json.loads((folder / "metrics.json").read_text())
+            for k, result in enumerate(data["subjects"].values()):
+                result["folding"] = {"percent_nonpositive_jacobian": 0.01 * k if method == "dual" else 0.0}
+                result["ground_truth"] = {"organs": {o: {"dice_after": 0.97, "asd_after": 0.5, "hd95_after": 1.0}
+                                                     for o in PELVIS}, "folding": {"percent_nonpositive_jacobian": 0.0}}
+            (folder / "metrics.json").write_text(json.dumps(data))
+    table = build_table(collect(tmp_path))
+    assert table.methods == ["before", "syn", "dual", "truth"]
+    assert table.cells["dice", "bladder", "before"].mean == pytest.approx(50.0)  # dice_before 0.5, counted once
+    assert table.cells["dice", "bladder", "before"].n == 6 and table.cells["dice", "bladder", "truth"].n == 6
+    assert table.cells["dice", "bladder", "truth"].mean == pytest.approx(97.0)
+    assert table.cells["folding", "whole field", "dual"].mean == pytest.approx(0.005)
+    assert table.cells["folding", "whole field", "before"].mean == 0.0
+    assert table.pvalues["dice", "bladder", "before"].p == pytest.approx(2 / 64)  # all 6 pairs one way
+    markdown = to_markdown(table)
+    assert "| Metric | Organ | Before | SyN | Dual | Ground truth |" in markdown
+    assert "| DSC (%) | bladder | 50.0 ± 0.0 | 85.5 ± 0.5 | **90.5 ± 0.5** | 97.0 ± 0.0 |" in markdown
+    assert "| Folding (% det J <= 0) | whole field |" in markdown
+    assert "before, fold" not in markdown and "truth, fold" not in markdown  # never listed as missing jobs
