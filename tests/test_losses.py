@@ -130,3 +130,18 @@ def test_registration_loss_invalid_arguments(image):
         RegistrationLoss("mr")(phi, image, image, ct_paired=image)
     with pytest.raises(ValueError, match="differs from ct shape"):
         RegistrationLoss("ct")(phi, image, image, ct_paired=image[..., :8])
+
+
+def test_local_ncc_matches_a_direct_window_computation():
+    """The separable box mean gives VoxelMorph's windowed cc: cov^2 / (var_f var_m) over each full window."""
+    torch.manual_seed(0)
+    f, m = torch.rand(1, 1, 9, 8, 7, dtype=torch.float64), torch.rand(1, 1, 9, 8, 7, dtype=torch.float64)
+    w = 5
+    values = []
+    for i in range(9 - w + 1):
+        for j in range(8 - w + 1):
+            for k in range(7 - w + 1):
+                a, b = f[0, 0, i:i + w, j:j + w, k:k + w].flatten(), m[0, 0, i:i + w, j:j + w, k:k + w].flatten()
+                cross = ((a - a.mean()) * (b - b.mean())).sum()
+                values.append(cross**2 / (((a - a.mean()) ** 2).sum() * ((b - b.mean()) ** 2).sum() + 1e-5))
+    torch.testing.assert_close(local_ncc(f, m, window=w), torch.stack(values).mean()[None], rtol=1e-10, atol=1e-12)

@@ -151,6 +151,8 @@ def run_recipe(name: str, overrides: list[str], budget_s: float, eval_every_s: f
                                     for b in val_batches])) for organ, v in datamodule.labels.items()}
     truth = ground_truth_dice(datamodule, val_batches)
     module = make_module(cfg, datamodule)
+    loss_truth = float(np.mean([module.loss(datamodule.ground_truth_field(b["subject_id"][0]), b["ct"], b["mr"],
+                                            b["ct_paired"], b["mr_paired"])[0] for b in val_batches]))
     curve = LearningCurve(val_batches, budget_s, eval_every_s)
     trainer_cfg = dict(cfg.trainer)
     trainer_cfg.pop("_target_")
@@ -163,6 +165,7 @@ def run_recipe(name: str, overrides: list[str], budget_s: float, eval_every_s: f
     steps = max(1, curve.points[-1]["step"])
     return {"name": name, "overrides": overrides, "points": curve.points, "seconds": curve.seconds,
             "steps": steps, "seconds_per_step": curve.train_s / steps, "dice_before": before, "dice_truth": truth,
+            "val_loss_truth": loss_truth,
             "patch_size": list(datamodule.patch_size), "val_subjects": list(datamodule.split.val),
             "params": sum(p.numel() for p in module.parameters())}
 
@@ -190,16 +193,18 @@ def render(results: list[dict], args, recipes: dict) -> str:
              "Dice in %; *recovered*: (Dice after - before) / (Dice ground truth - before) per organ, the share "
              "of the gain the phantom's ground-truth field achieves; folding: % voxels with det J <= 0.", "",
              "| recipe | steps | s/step | " + " | ".join(f"{o} Dice" for o in organs) + " | "
-             + " | ".join(f"{o} recovered" for o in organs) + " | best val Dice (mean) at | folding (%) |",
-             "|---|---|---|" + "---|" * (2 * len(organs) + 2)]
+             + " | ".join(f"{o} recovered" for o in organs) + " | best val Dice (mean) at | folding (%) |"
+             + " val loss (at the ground truth) |",
+             "|---|---|---|" + "---|" * (2 * len(organs) + 3)]
     for r in results:
         last = r["points"][-1]
         best = max(r["points"], key=lambda p: p["dice_mean"])
+        truth = f" ({r['val_loss_truth']:.4f})" if "val_loss_truth" in r else ""
         lines.append(f"| {r['name']} | {r['steps']} | {r['seconds_per_step']:.2f} | "
                      + " | ".join(f"{100 * last[f'dice_{o}']:.1f}" for o in organs) + " | "
                      + " | ".join(f"{recovered(r, o, last):.2f}" for o in organs)
                      + f" | {100 * best['dice_mean']:.1f} ({best['train_s'] / 60:.1f} min) | "
-                     f"{last['folding_percent']:.3f} |")
+                     f"{last['folding_percent']:.3f} | {last['val_loss']:.4f}{truth} |")
     first = results[0]
     lines += ["", "Before registration: " + " / ".join(f"{100 * first['dice_before'][o]:.1f}" for o in organs)
               + " %; ground-truth field: " + " / ".join(f"{100 * first['dice_truth'][o]:.1f}" for o in organs)

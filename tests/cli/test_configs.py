@@ -57,3 +57,12 @@ def test_defaults_are_the_paper_s():
     assert cfg.model.scheduler.step_size == 4 and cfg.model.scheduler.gamma == 0.5
     assert cfg.data.batch_size == 2 and cfg.data.patch_size == 68 and cfg.data.flip_augment
     assert list(cfg.model.net.widths) == [32, 64, 128]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_recipe_uses_bfloat16_only_where_the_device_has_it(monkeypatch, native):
+    import intermod.inference
+
+    monkeypatch.setattr(intermod.inference, "native_bf16", lambda device: native)
+    cfg = compose_train(["experiment=cpu"])
+    assert cfg.trainer.precision == ("bf16-mixed" if native else "32")
