@@ -366,7 +366,8 @@ def _histogram_mi(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
 
 
 @pytest.mark.realdata
-def test_real_ct_and_mr_register_end_to_end(tmp_path):
+@pytest.mark.parametrize("field_resolution", ["full", "half"])  # the paper's head, and experiment=cpu's
+def test_real_ct_and_mr_register_end_to_end(tmp_path, field_resolution):
     """The real porcine-phantom CT and T2 MR (different grids, 180 degrees apart, CT padding -2048).
 
     An untrained tiny network (near-zero output) stands in for a trained one, which would take long
@@ -378,7 +379,8 @@ def test_real_ct_and_mr_register_end_to_end(tmp_path):
         pytest.skip(f"real CT/MR pair not found at {REALDATA} (../shared/realdata is absent)")
     ct_path, mr_path = REALDATA / "mridir_ct_2mm.nii.gz", REALDATA / "mridir_mr_t2_2mm.nii.gz"
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "model.ckpt", RegistrationUNet((4, 8, 8)))
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt", RegistrationUNet((4, 8, 8), field_resolution=field_resolution),
+                                 {**METADATA, "net": {**METADATA["net"], "field_resolution": field_resolution}})
     out = tmp_path / "out"
     code, _, stderr = run("--ct", ct_path, "--mr", mr_path, "--checkpoint", checkpoint, "--out", out)
     assert code == 0, stderr

@@ -168,7 +168,8 @@ def test_a_label_free_dataset_is_evaluated_on_images_and_says_there_is_no_dice(t
     assert [p.name.startswith("per_subject_images_") for p in tables.iterdir()] == [True]
 
     table = build_table(collect(tmp_path / "runs"))
-    assert [(m.key, rows) for m, rows in table.blocks] == [("mi", [IMAGE_ROW]), ("ncc_mr", [IMAGE_ROW])]
+    assert [(m.key, rows) for m, rows in table.blocks] == [("mi", [IMAGE_ROW]), ("ncc_mr", [IMAGE_ROW]),
+                                                           ("folding", ["whole field"])]
     markdown = to_markdown(table)
     assert "No paired tests: no other method to compare with." in markdown
     assert NO_ORGANS_NOTE in markdown and "| DSC (%) |" not in markdown.split("## Reference")[0]
