@@ -1,6 +1,6 @@
 """The method works: the CPU recipe, shortened, registers held-out phantom subjects better than the affine start.
 
-Slow (a few minutes): the training path itself is covered by the fast end-to-end tests in
+Slow (4.5 minutes on a quiet 2-core CPU, synthesis included): the training path itself is covered by the fast end-to-end tests in
 tests/cli/test_train.py (experiment=cpu at tiny scale); this one checks that the learning pays off, through
 intermod-train's own runner and the recipe's config. Run with `make test-all`.
 """
@@ -15,9 +15,9 @@ from intermod.runner import run
 
 @pytest.mark.slow
 def test_the_cpu_recipe_raises_dice_on_held_out_subjects(tmp_path):
-    # experiment=cpu for 400 of its 2,700 steps, its schedule shortened with it; the phantom is synthesised
+    # experiment=cpu for 1,000 of its 2,700 steps (the demo), its schedule shortened with it; the phantom is synthesised
     cfg = compose_train(["experiment=cpu", f"data.root={tmp_path / 'phantom'}", f"paths.log_dir={tmp_path}",
-                         "logger=none", "trainer.max_steps=400", "trainer.enable_progress_bar=false"])
+                         "logger=none", "trainer.max_steps=1000", "trainer.enable_progress_bar=false"])
     run(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     organs = [o for r in metrics["subjects"].values() for o in r["organs"].values()]
@@ -25,5 +25,5 @@ def test_the_cpu_recipe_raises_dice_on_held_out_subjects(tmp_path):
     after = np.mean([o["dice_after"] for o in organs])
     folding = max(r["folding"]["percent_nonpositive_jacobian"] for r in metrics["subjects"].values())
     print(f"mean Dice before {before:.3f}, after {after:.3f}; folding {folding:.3f}%")
-    assert after > before + 0.02
+    assert after > before + 0.04
     assert folding < 0.1
