@@ -1,7 +1,8 @@
 """One run of the protocol: data ready, train (learned methods), test on whole volumes, metrics.json.
 
 Runs are seeded, resumable (a killed run restarts from its last checkpoint) and skipped when their
-metrics.json exists, unless ``force=true``; a failed run leaves ``failed.json`` instead.
+metrics.json exists, unless ``force=true``; a failed run leaves ``failed.json`` instead. A folder holding
+a run made with another config is refused (naming the keys that differ) unless ``force=true``.
 """
 from __future__ import annotations
 
@@ -28,16 +29,14 @@ from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
 from intermod.evaluation.report import evaluate_subject, format_table, subject_volumes, summarise, summarise_images
 from intermod.io import atomic_write_json, atomic_write_text
+from intermod.runs import CHECKPOINT_DIR, CONFIG_FILE, FAILED_FILE, METRICS_FILE, RunIdentity, config_differences
 from intermod.wandb_mode import offline_unless_logged_in
 from intermod.spatial import warp, warp_labels
 
 # Emitted by every Trainer.fit with torch 2.13 + Lightning 2.6 (see STACK-NOTES); not actionable.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
-METRICS_FILE = "metrics.json"
 TABLE_COLUMNS = ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_before", "hd95_after")
-FAILED_FILE = "failed.json"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class RunError(RuntimeError):
@@ -76,15 +75,20 @@ def ensure_dataset(data_cfg: DictConfig) -> Path:
     return root
 
 
-def make_loggers(cfg: DictConfig) -> list:
+def make_loggers(cfg: DictConfig, identity: RunIdentity) -> list:
+    """The configured loggers; a W&B run is named after the job, grouped with its sweep (the experiment
+    name) and tagged with its swept values, which also go into its config under ``swept``."""
     loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if "WandbLogger" in logger_cfg._target_ and offline_unless_logged_in():
-            logger_cfg = OmegaConf.merge(logger_cfg, {"offline": True})
-            print("W&B: no API key found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`")
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if "WandbLogger" in logger_cfg._target_:
+            logger_cfg = {**OmegaConf.to_container(logger_cfg, resolve=True), "name": identity.label,
+                          "tags": identity.tags}
+            if offline_unless_logged_in():
+                logger_cfg["offline"] = True
+                print("W&B: no API key found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`")
         loggers.append(instantiate(logger_cfg))
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "swept": identity.swept})
     return loggers
 
 
@@ -214,29 +218,50 @@ def log_test_results(loggers: list, subjects: dict, summary: dict, image_summary
             logger.experiment.finish()  # writes the run's files; the process may go on
 
 
-def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
-    """Run one job; returns the mean test Dice after registration (for sweepers; on a label-free dataset
-    the mean NCC of the paired MR and the registered MR)."""
-    out = Path(output_dir)
-    metrics_path = out / METRICS_FILE
-    if metrics_path.exists() and not cfg.force:
+def check_folder(cfg: DictConfig, out: Path) -> bool:
+    """Whether ``out`` already holds this job's finished run (skip it). A run there made with another
+    config is refused, unless force=true, which clears it to start again from scratch."""
+    metrics_path, config_path = out / METRICS_FILE, out / CONFIG_FILE
+    earlier = metrics_path.exists() or (out / CHECKPOINT_DIR).exists()
+    if not earlier:
+        return False
+    if cfg.force:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        print(f"force=true: re-running {out} from scratch; its {METRICS_FILE} is replaced when the run ends")
+        return False
+    if config_path.exists():
+        stored = OmegaConf.to_container(OmegaConf.load(config_path))
+        differences = config_differences(stored, OmegaConf.to_container(cfg, resolve=True))
+        if differences:
+            raise RunError(f"{out} holds a run made with another config ({'; '.join(differences)}): "
+                           f"give this job another name= or override, or force=true to replace that run")
+    if metrics_path.exists():
         done = json.loads(metrics_path.read_text())
         print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n"
               f"{format_table(done['summary'], done.get('image_summary'))}")
+        return True
+    return False
+
+
+def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = None) -> float | None:
+    """Run one job (``swept``: the values its sweep varies, besides method, fold and seed); returns the mean
+    test Dice after registration (for sweepers; on a label-free dataset the mean NCC of the paired MR and
+    the registered MR)."""
+    out = Path(output_dir)
+    metrics_path = out / METRICS_FILE
+    identity = RunIdentity(cfg.name, cfg.method.name, cfg.fold, cfg.seed, dict(swept or {}))
+    if check_folder(cfg, out):
         return None
-    if metrics_path.exists():  # force=true on a finished run: train again from scratch, not from last.ckpt
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        print(f"force=true: re-running {out} from scratch; its metrics.json is replaced when the run ends")
     (out / FAILED_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)  # oversubscribed cores slow every run several-fold
     try:
         ensure_dataset(cfg.data)
         datamodule = make_datamodule(cfg)
-        loggers = make_loggers(cfg)
+        loggers = make_loggers(cfg, identity)
         method = train_and_test if cfg.method.learned else register_classically
         result = method(cfg, out, datamodule, loggers)
         if result is None:
@@ -256,7 +281,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> float | None:
         traceback.print_exc()
         raise RunError(f"{type(err).__name__}: {err} (traceback in {out / FAILED_FILE})") from err
     atomic_write_json(metrics_path, {"method": cfg.method.name, "fold": cfg.fold, "seed": cfg.seed,
-                                     "name": cfg.name, "intermod_version": intermod.__version__,
+                                     "name": cfg.name, "swept": identity.swept, "intermod_version": intermod.__version__,
                                      **result, "summary": summary, "image_summary": image_summary})
     table = format_table(summary, image_summary)
     print(f"\n{cfg.method.name}, fold {cfg.fold}, test subjects {', '.join(result['subjects'])}:\n{table}\n")

@@ -41,3 +41,16 @@ def wandb_history(run_folder: Path) -> dict[str, list]:
                 key = item.key or "/".join(item.nested_key)
                 history.setdefault(key, []).append(json.loads(item.value_json))
     return history
+
+
+def wandb_run(run_folder: Path) -> tuple[object, dict]:
+    """The run record (group, tags, display name) of an offline W&B run, and its config as logged."""
+    (run_file,) = Path(run_folder).glob("run-*.wandb")
+    run, config = None, {}
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        config.update({item.key: json.loads(item.value_json) for item in updates})
+        if kind == "run" and run is None:
+            run = record.run
+    return run, config

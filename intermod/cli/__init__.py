@@ -17,4 +17,13 @@ def bf16_where_native(accelerator: str = "auto") -> str:
     return "bf16-mixed" if native_bf16(torch.device("cuda" if cuda else "cpu")) else "32"
 
 
+def run_variant(sweep_dir: str, task_overrides) -> str:
+    """The run folder's level for a multirun job's swept values ('key=value,.../'), '' when it has none."""
+    from intermod.runs import swept_keys, swept_values, variant_dirname
+
+    variant = variant_dirname(swept_values(task_overrides or (), swept_keys(sweep_dir)))
+    return f"{variant}/" if variant else ""
+
+
 OmegaConf.register_new_resolver("bf16_where_native", bf16_where_native, replace=True)
+OmegaConf.register_new_resolver("run_variant", run_variant, replace=True)

@@ -2,6 +2,7 @@
 
     intermod-train method=dual fold=0                 # one run
     intermod-train -m method=ct,mr,dual fold=0,1,2,3,4   # a sweep
+    intermod-train -m experiment=cpu method.loss.lambda_l2=0,0.01,0.1   # an ablation: one folder per value
 """
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from omegaconf import DictConfig
 
 from intermod.cli import CONF_DIR
 from intermod.runner import RunError, run
+from intermod.runs import swept_keys, swept_values
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
     try:
-        result = run(cfg, HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        multirun = hydra_cfg.mode.name == "MULTIRUN"
+        swept = swept_values(hydra_cfg.overrides.task, swept_keys(hydra_cfg.sweep.dir)) if multirun else {}
+        result = run(cfg, hydra_cfg.runtime.output_dir, swept)
     except RunError as err:
         print(f"intermod-train: {err}", file=sys.stderr)
         if HydraConfig.get().mode.name == "MULTIRUN":

@@ -6,16 +6,41 @@ import sys
 from pathlib import Path
 
 import pytest
+from wandb_offline import wandb_run
 
 SMOKE = ["experiment=table1_smoke", "trainer.max_epochs=1", "data.samples_per_volume=2", "data.synthesize=null"]
 
 
-def multirun(tmp_path: Path, dataset: Path, *overrides: str) -> subprocess.CompletedProcess:
+def multirun(tmp_path: Path, dataset: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "intermod.cli.train", "-m", f"data.root={dataset}", f"paths.log_dir={tmp_path}",
            *SMOKE, *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def test_an_ablation_gets_a_folder_and_a_wandb_run_per_value_and_a_changed_config_is_refused(tmp_path, tiny_dataset):
+    sweep = tmp_path / "multiruns" / "table1_smoke" / "dual"
+    multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "method.loss.lambda_l2=0.01,0.1", "logger=wandb")
+    folders = {value: sweep / f"method.loss.lambda_l2={value}" / "fold0-seed0" for value in ("0.01", "0.1")}
+    metrics = {value: json.loads((folder / "metrics.json").read_text()) for value, folder in folders.items()}
+    for value, folder in folders.items():
+        assert metrics[value]["swept"] == {"method.loss.lambda_l2": value}
+        run, config = wandb_run(next((folder / "wandb").glob("offline-run-*")))
+        assert run.run_group == "table1_smoke" and run.display_name == f"table1_smoke-dual-method.loss.lambda_l2={value}-fold0-seed0"
+        assert list(run.tags) == ["method=dual", "fold=0", "seed=0", f"method.loss.lambda_l2={value}"]
+        assert config["swept"] == {"method.loss.lambda_l2": value} and config["method"]["loss"]["lambda_l2"] == float(value)
+    assert metrics["0.01"]["subjects"] != metrics["0.1"]["subjects"]  # two trainings, not one reused
+
+    changed = multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "method.loss.lambda_l2=0.01,0.1", "logger=none",
+                       "trainer.max_epochs=2")
+    assert changed.stderr.count("holds a run made with another config (trainer.max_epochs: 1 -> 2)") == 2
+    assert json.loads((folders["0.1"] / "metrics.json").read_text()) == metrics["0.1"]  # nothing lost
+    replaced = multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "method.loss.lambda_l2=0.1,0.2", "logger=none",
+                        "trainer.max_epochs=2", "force=true")
+    assert replaced.stdout.count("from scratch") == 1  # 0.1's folder held a run; 0.2's is new
+    assert json.loads((folders["0.1"] / "metrics.json").read_text())["epochs_trained"] == 2
 
 
 def test_one_multirun_over_all_methods_fills_every_cell_of_the_table(tmp_path, tiny_dataset):

@@ -85,8 +85,10 @@ def test_same_seed_same_metrics_and_rerun_is_skipped(tmp_path, tiny_dataset):
     assert first["subjects"] == second["subjects"]
     again = train(tmp_path / "a", tiny_dataset, "logger=none")
     assert "exists: skipping this run" in again.stdout
+    changed = train(tmp_path / "a", tiny_dataset, "logger=none", "method.loss.lambda_l2=0.1", check=False)
+    assert changed.returncode == 2 and "another config (method.loss.lambda_l2: 0.01 -> 0.1)" in changed.stderr
     # force=true trains again from scratch (not from the finished run's last.ckpt): the same numbers.
-    forced = train(tmp_path / "a", tiny_dataset, "logger=none", "force=true")
+    forced = train(tmp_path / "a", tiny_dataset, "logger=none", "force=true")  # force is no change of config
     assert "from scratch" in forced.stdout and "resuming from" not in forced.stdout
     third = json.loads((run_dir(tmp_path / "a") / "metrics.json").read_text())
     assert third["resumed_from"] is None and third["subjects"] == first["subjects"]

@@ -1,0 +1,46 @@
+"""The run folder's contract: swept values, folder names, W&B identity, config differences."""
+from omegaconf import OmegaConf
+
+from intermod.runs import RunIdentity, config_differences, swept_keys, swept_values, variant_dirname
+
+
+def test_the_swept_keys_come_from_the_command_line_and_the_experiments_sweeper(tmp_path):
+    OmegaConf.save({"hydra": {"overrides": {"task": ["experiment=cpu", "method.loss.lambda_l2=0,0.01",
+                                                     "trainer.max_steps=10", "fold=range(2)"]},
+                              "sweeper": {"params": {"method": "affine,dual"}}}}, tmp_path / "multirun.yaml")
+    assert swept_keys(tmp_path) == {"method.loss.lambda_l2", "fold", "method"}
+    assert swept_keys(tmp_path / "absent") == set()
+
+
+def test_a_jobs_swept_values_leave_out_its_path_and_what_does_not_change_results():
+    task = ["experiment=cpu", "method=dual", "fold=1", "method.loss.lambda_l2=0.1", "data.root=/x", "force=true",
+            "model/optimizer=adamw"]
+    keys = {"method", "fold", "method.loss.lambda_l2", "data.root", "force", "model/optimizer"}
+    assert swept_values(task, keys) == {"method.loss.lambda_l2": "0.1", "model/optimizer": "adamw"}
+
+
+def test_folder_names_are_readable_when_short_and_unique_when_cut():
+    assert variant_dirname({}) == ""
+    assert variant_dirname({"method.loss.lambda_l2": "0.1"}) == "method.loss.lambda_l2=0.1"
+    group = variant_dirname({"model/optimizer": "adamw"})
+    assert "/" not in group and group.startswith("model_optimizer=adamw-") and len(group) == 22 + 8
+    long_a = variant_dirname({"data.patch_size": "[84,84,60]", "method.loss.lambda_laplacian": "0.25"})
+    long_b = variant_dirname({"data.patch_size": "[84,84,60]", "method.loss.lambda_laplacian": "0.5"})
+    assert len(long_a) == len(long_b) == 64 and long_a != long_b and "[" not in long_a
+
+
+def test_the_wandb_identity_names_groups_and_tags_by_the_swept_values():
+    identity = RunIdentity("ablation", "dual", 2, 0, {"method.loss.lambda_l2": "0.1"})
+    assert identity.label == "ablation-dual-method.loss.lambda_l2=0.1-fold2-seed0"
+    assert identity.tags == ["method=dual", "fold=2", "seed=0", "method.loss.lambda_l2=0.1"]
+    assert RunIdentity("table1", "syn", 0, 0).label == "table1-syn-fold0-seed0"
+
+
+def test_config_differences_name_each_changed_key_and_ignore_neutral_ones():
+    stored = {"trainer": {"max_steps": 100, "precision": "32"}, "force": False, "paths": {"log_dir": "a"},
+              "method": {"loss": {"lambda_l2": 0.01}}}
+    current = {"trainer": {"max_steps": 200, "precision": "32"}, "force": True, "paths": {"log_dir": "b"},
+               "method": {"loss": {"lambda_l2": 0.01, "lambda_x": 1}}}
+    assert config_differences(stored, current) == ["method.loss.lambda_x: (absent) -> 1",
+                                                   "trainer.max_steps: 100 -> 200"]
+    assert config_differences(stored, stored) == []
