@@ -273,11 +273,13 @@ def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = 
         image_summary = summarise_images(result["subjects"])
         log_test_results(loggers, result["subjects"], summary, image_summary)
     except (RunError, DatasetError) as err:
-        atomic_write_json(out / FAILED_FILE, {"error": str(err), "method": cfg.method.name, "fold": cfg.fold})
+        atomic_write_json(out / FAILED_FILE, {"error": str(err), "method": cfg.method.name, "fold": cfg.fold,
+                                              "swept": identity.swept})
         raise RunError(str(err)) from err
     except Exception as err:
         atomic_write_json(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}", "method": cfg.method.name,
-                                              "fold": cfg.fold, "traceback": traceback.format_exc()})
+                                              "fold": cfg.fold, "swept": identity.swept,
+                                              "traceback": traceback.format_exc()})
         traceback.print_exc()
         raise RunError(f"{type(err).__name__}: {err} (traceback in {out / FAILED_FILE})") from err
     atomic_write_json(metrics_path, {"method": cfg.method.name, "fold": cfg.fold, "seed": cfg.seed,

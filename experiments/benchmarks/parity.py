@@ -35,7 +35,8 @@ from omegaconf import open_dict
 
 from intermod.cli import CONF_DIR
 from intermod.io import atomic_write_json, atomic_write_text
-from intermod.runner import METRICS_FILE, run
+from intermod.runner import run
+from intermod.runs import METRICS_FILE
 
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # see STACK-NOTES
 CONFIGS = {"fp32": ["experiment=paper"],

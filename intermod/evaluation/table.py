@@ -1,4 +1,5 @@
-"""Table 1 of the paper from a Hydra multirun: every job's metrics.json pooled per method.
+"""Table 1 of the paper from a Hydra multirun: every job's metrics.json pooled per method, and per swept
+value where the sweep varied more than method, fold and seed (an ablation: one column per value).
 
 Each cell is the mean ± sample standard deviation (ddof=1; the paper does not say which) over the
 test subjects of all folds pooled, after registration. A subject tested by several jobs of the same
@@ -7,8 +8,8 @@ subjects stay the unit of both the statistics and the paired tests. NaN values (
 label map) are left out of the statistics and counted. Beside the methods stand two reference columns
 read from the same files: Before (no registration) and, on a phantom, Ground truth (its exact field).
 
-Dual is compared with every other method by a two-sided paired Wilcoxon signed-rank test per organ
-and metric, pairing by (fold, subject). Failed, corrupt and missing jobs are listed, never averaged
+A reference column (Dual by default, or any column named) is compared with every other by a two-sided
+paired Wilcoxon signed-rank test per organ and metric, pairing by (fold, subject). Failed, corrupt and missing jobs are listed, never averaged
 over silently.
 """
 from __future__ import annotations
@@ -26,10 +27,9 @@ import numpy as np
 from scipy import stats
 
 from intermod.io import atomic_write_text
+from intermod.runs import FAILED_FILE, METRICS_FILE
 from intermod.wandb_mode import offline_unless_logged_in
 
-METRICS_FILE = "metrics.json"
-FAILED_FILE = "failed.json"
 # Two reference columns come from every job's metrics.json: the subjects before registration and, on a
 # phantom, registered with its ground-truth field (what a perfect method would reach at this resolution).
 BEFORE, TRUTH = "before", "truth"
@@ -80,6 +80,12 @@ PAPER_TABLE1 = {
 
 class NoResultsError(ValueError):
     """The multirun folder does not exist or holds no readable metrics.json."""
+
+
+def column_key(method: str, swept: dict[str, str] | None = None) -> str:
+    """A job's column: its method, with its swept values where a sweep varied more, e.g.
+    'dual[method.loss.lambda_l2=0.1]'."""
+    return f"{method}[{','.join(f'{k}={v}' for k, v in sorted(swept.items()))}]" if swept else method
 
 
 @dataclass
@@ -153,6 +159,7 @@ class Table1:
     pvalues: dict[tuple[str, str, str], PValue]  # (metric, row, other method)
     coverage: dict[str, Coverage]
     problems: list[Problem]
+    reference: str | None = REFERENCE_METHOD  # the column the others are tested against
     notes: list[str] = field(default_factory=list)
 
 
@@ -192,16 +199,21 @@ def parse_metrics(path: Path) -> list[Job]:
         return Job(path=path, method=method, fold=int(data["fold"]), seed=data.get("seed"), name=data.get("name"),
                    organs=organs, values=_values(results, organs, when))
 
-    jobs = [job(str(data["method"]), subjects, "after"), job(BEFORE, subjects, "before")]
+    jobs = [job(column_key(str(data["method"]), data.get("swept")), subjects, "after"), job(BEFORE, subjects, "before")]
     if subjects and all("ground_truth" in result for result in subjects.values()):
         jobs.append(job(TRUTH, {s: result["ground_truth"] for s, result in subjects.items()}, "after"))
     return jobs
 
 
 def _guess_method_fold(folder: Path) -> tuple[str | None, int | None]:
-    """(method, fold) from Hydra's sweep layout <method>/fold<k>-seed<s>, for files too broken to say."""
+    """(method, fold) from Hydra's sweep layout <method>[/<swept values>]/fold<k>-seed<s>, for files too broken
+    to say."""
     match = re.match(r"fold(\d+)", folder.name)
-    return (folder.parent.name, int(match.group(1))) if match else (None, None)
+    if not match:
+        return None, None
+    parent = folder.parent
+    method = f"{parent.parent.name}[{parent.name}]" if "=" in parent.name else parent.name
+    return method, int(match.group(1))
 
 
 def _read_failure(path: Path) -> Problem:
@@ -210,7 +222,8 @@ def _read_failure(path: Path) -> Problem:
         data = json.loads(path.read_text())
         error = str(data.get("error", "unknown error")).strip().splitlines() or ["unknown error"]
         fold = None if data.get("fold") is None else int(data["fold"])
-        return Problem(data.get("method"), fold, f"failed: {error[0]}", path)
+        method = None if data.get("method") is None else column_key(str(data["method"]), data.get("swept"))
+        return Problem(method, fold, f"failed: {error[0]}", path)
     except (OSError, ValueError, TypeError, AttributeError) as err:
         return Problem(*_guess_method_fold(path.parent), f"failed (unreadable failed.json: {err})", path)
 
@@ -229,29 +242,39 @@ def _read_folder(folder: Path) -> list[Job] | Problem:
         return Problem(*_guess_method_fold(folder), f"corrupt metrics.json ({type(err).__name__}: {err})", metrics)
 
 
-def collect(multirun_dir: str | Path) -> Collection:
-    """Every job under ``multirun_dir`` (searched recursively); raises NoResultsError if there is none."""
-    root = Path(multirun_dir)
-    if not root.is_dir():
-        raise NoResultsError(f"{root} does not exist or is not a folder")
-    folders = sorted({p.parent for name in (METRICS_FILE, FAILED_FILE) for p in root.rglob(name)})
+def collect(*multirun_dirs: str | Path) -> Collection:
+    """Every job under the folders (searched recursively; several: one sweep's jobs run in several places);
+    raises NoResultsError if there is none."""
+    roots = [Path(d) for d in multirun_dirs]
+    for root in roots:
+        if not root.is_dir():
+            raise NoResultsError(f"{root} does not exist or is not a folder")
+    folders = sorted({p.parent for root in roots for name in (METRICS_FILE, FAILED_FILE) for p in root.rglob(name)})
     found = [_read_folder(folder) for folder in folders]
     jobs = [j for jobs in found if isinstance(jobs, list) for j in jobs]
     problems = [p for p in found if isinstance(p, Problem)]
     if not jobs:
         detail = f" ({len(problems)} failed or corrupt job(s))" if problems else ""
-        raise NoResultsError(f"{root} holds no readable {METRICS_FILE}{detail}")
-    return Collection(root, jobs, problems)
+        verb = "holds" if len(roots) == 1 else "hold"
+        raise NoResultsError(f"{', '.join(map(str, roots))} {verb} no readable {METRICS_FILE}{detail}")
+    return Collection(roots[0] if len(roots) == 1 else Path(", ".join(map(str, roots))), jobs, problems)
 
 
 # ---------------------------------------------------------------- aggregating
 
 
 def column_order(found: set[str], methods: list[str] | None = None) -> list[str]:
-    """Columns: ``methods`` exactly when given, else the paper's order among those found, others after."""
+    """Columns: ``methods`` exactly when given, else the paper's order of methods among those found (a
+    method's swept values in sorted order), others after."""
     if methods:
         return list(methods)
-    return [m for m in METHOD_ORDER if m in found] + sorted(found - set(METHOD_ORDER))
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+
+    def order(column: str) -> tuple:
+        method = column.split("[", 1)[0]
+        return (rank.get(method, len(rank)), method, column)
+
+    return sorted(found, key=order)
 
 
 def _organs(jobs: list[Job]) -> list[str]:
@@ -328,11 +351,16 @@ def _notes(jobs: list[Job], methods: list[str]) -> list[str]:
     return notes
 
 
-def build_table(collection: Collection, methods: list[str] | None = None) -> Table1:
-    """Cells, p-values, coverage and problems for the given columns (see column_order)."""
+def build_table(collection: Collection, methods: list[str] | None = None, reference: str | None = None) -> Table1:
+    """Cells, p-values, coverage and problems for the given columns (see column_order); ``reference``: the
+    column tested against every other (default: Dual where shown). Raises ValueError for a reference that
+    is not a column."""
     jobs = collection.jobs
     seen = {j.method for j in jobs} | {p.method for p in collection.problems if p.method}
     columns = column_order(seen, methods)
+    if reference is not None and reference not in columns:
+        raise ValueError(f"reference {reference!r} is not a column; the columns are: {', '.join(columns)}")
+    reference = reference or (REFERENCE_METHOD if REFERENCE_METHOD in columns else None)
     organs = _organs(jobs)
     blocks = [(m, organs) for m in METRICS if organs]
     blocks += [(m, [IMAGE_ROW]) for m in IMAGE_METRICS if any((m.key, IMAGE_ROW) in j.values for j in jobs)]
@@ -345,21 +373,27 @@ def build_table(collection: Collection, methods: list[str] | None = None) -> Tab
             per_method = {method: subject_values(jobs, method, m.key, row) for method in columns}
             for method, values in per_method.items():
                 cells[m.key, row, method] = cell_statistics(list(values.values()), m.scale)
-            if REFERENCE_METHOD in columns:
+            if reference is not None:
                 for method in columns:
-                    if method != REFERENCE_METHOD:
-                        pvalues[m.key, row, method] = paired_wilcoxon(per_method[REFERENCE_METHOD],
-                                                                      per_method[method])
+                    if method != reference:
+                        pvalues[m.key, row, method] = paired_wilcoxon(per_method[reference], per_method[method])
     return Table1(root=collection.root, methods=columns, organs=organs, blocks=blocks, folds=folds, cells=cells,
                   pvalues=pvalues, coverage={method: _coverage(jobs, method) for method in columns},
-                  problems=_missing(collection, columns, folds), notes=_notes(jobs, columns))
+                  problems=_missing(collection, columns, folds), reference=reference, notes=_notes(jobs, columns))
 
 
 # ---------------------------------------------------------------- formatting
 
 
-def display_name(method: str) -> str:
-    return DISPLAY.get(method, method)
+def display_name(column: str) -> str:
+    """'dual' -> 'Dual'; 'dual[method.loss.lambda_l2=0.1]' -> 'Dual, lambda_l2=0.1' (each key by its last part)."""
+    method, _, swept = column.partition("[")
+    name = DISPLAY.get(method, method)
+    if not swept:
+        return name
+    values = [re.split(r"[./]", item.split("=", 1)[0])[-1] + "=" + item.split("=", 1)[1]
+              for item in swept.rstrip("]").split(",") if "=" in item]
+    return f"{name}, {', '.join(values)}"
 
 
 def format_cell(cell: Cell, digits: int, plus_minus: str = "±") -> str:
@@ -430,13 +464,13 @@ def _coverage_lines(table: Table1) -> list[str]:
 
 def _pvalue_markdown(table: Table1) -> list[str]:
     if not table.pvalues:
-        why = (f"no {display_name(REFERENCE_METHOD)} column" if REFERENCE_METHOD not in table.methods
+        why = (f"no {display_name(REFERENCE_METHOD)} column (name one with --reference)" if table.reference is None
                else "no other method to compare with")
         return [f"No paired tests: {why}."]
-    others = [m for m in table.methods if m != REFERENCE_METHOD]
+    others = [m for m in table.methods if m != table.reference]
     reasons = sorted({v.reason for v in table.pvalues.values() if v.reason})
     marks = {reason: "¹²"[i] for i, reason in enumerate(reasons)}
-    ref = display_name(REFERENCE_METHOD)
+    ref = display_name(table.reference)
     header = ["Metric", "Organ", *(f"{ref} vs {display_name(m)}" for m in others)]
     rows = _block_rows(table.blocks, lambda m, row: [format_p(table.pvalues[m.key, row, o], marks)
                                                      for o in others])
@@ -464,7 +498,7 @@ def to_markdown(table: Table1) -> str:
              f"From `{table.root}`. Each cell: mean ± sample std (ddof=1) over the test subjects of all folds "
              f"pooled; best of each row in bold (lowest ASD, highest of the others).", "",
              *_results_markdown(table), "", *_coverage_lines(table), *[f"- Note: {n}" for n in table.notes], "",
-             f"## Paired Wilcoxon signed-rank tests, {display_name(REFERENCE_METHOD)} vs each method "
+             f"## Paired Wilcoxon signed-rank tests, {display_name(table.reference or REFERENCE_METHOD)} vs each method "
              f"(two-sided p)", "", *_pvalue_markdown(table), "",
              "## Missing or failed jobs", "", *_problem_lines(table), "",
              "## Reference: Cao et al., MLMI 2018, Table 1", "", *_reference_markdown(), ""]
@@ -477,10 +511,10 @@ def _number(value: float | None) -> float | str:
 
 def csv_rows(table: Table1) -> tuple[list[str], list[list]]:
     """Header and rows (one per metric x organ), numbers in display units, '' for none."""
-    others = [m for m in table.methods if m != REFERENCE_METHOD] if table.pvalues else []
+    others = [m for m in table.methods if m != table.reference] if table.pvalues else []
     header = ["metric", "unit", "organ"]
     header += [f"{m}_{s}" for m in table.methods for s in ("mean", "std", "n", "nan")]
-    header += [f"{REFERENCE_METHOD}_vs_{m}_{s}" for m in others for s in ("p", "pairs")]
+    header += [f"{table.reference}_vs_{m}_{s}" for m in others for s in ("p", "pairs")]
     rows = []
     for m, block_rows in table.blocks:
         for organ in block_rows:

@@ -18,10 +18,12 @@ from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, IMAGE_ROW, build_tab
 PELVIS = ("bladder", "prostate", "rectum")
 
 
-def write_job(root, method, fold, subjects, seed=0, labels=PELVIS, name="table1", images=None):
+def write_job(root, method, fold, subjects, seed=0, labels=PELVIS, name="table1", images=None, swept=None):
     """A job folder as a Hydra sweep lays it out; subjects: {subject: {organ: (dice, asd)}};
-    images: {subject: (mi, ncc_mr)} after registration, or None for a run of an older version."""
-    folder = root / method / f"fold{fold}-seed{seed}"
+    images: {subject: (mi, ncc_mr)} after registration, or None for a run of an older version;
+    swept: the job's swept values besides method, fold and seed (an ablation)."""
+    variant = ",".join(f"{k}={v}" for k, v in (swept or {}).items())
+    folder = root / method / variant / f"fold{fold}-seed{seed}"
     folder.mkdir(parents=True)
     results = {s: {"organs": {o: {"dice_before": 0.5, "asd_before": 9.0, "hd95_before": 20.0,
                                   "dice_after": d, "asd_after": a, "hd95_after": 5.0}
@@ -29,7 +31,7 @@ def write_job(root, method, fold, subjects, seed=0, labels=PELVIS, name="table1"
                for s, organs in subjects.items()}
     for s, (mi, ncc_mr) in (images or {}).items():
         results[s]["images"] = {"mi_before": 0.2, "mi_after": mi, "ncc_mr_before": 0.5, "ncc_mr_after": ncc_mr}
-    payload = {"method": method, "fold": fold, "seed": seed, "name": name,
+    payload = {"method": method, "fold": fold, "seed": seed, "name": name, "swept": swept or {},
                "labels": {o: i + 1 for i, o in enumerate(labels)}, "subjects": results, "summary": {}}
     (folder / "metrics.json").write_text(json.dumps(payload))
     return folder
@@ -300,3 +302,42 @@ def test_before_and_ground_truth_columns_and_the_folding_row(tmp_path):
     assert "| DSC (%) | bladder | 50.0 ± 0.0 | 85.5 ± 0.5 | **90.5 ± 0.5** | 97.0 ± 0.0 |" in markdown
     assert "| Folding (% det J <= 0) | whole field |" in markdown
     assert "before, fold" not in markdown and "truth, fold" not in markdown  # never listed as missing jobs
+
+
+def test_an_ablation_gets_a_column_per_swept_value_tested_against_the_reference_value_named(tmp_path):
+    # lambda_l2 = 0.01 (reference), 0.1 (+2 Dice points on every subject), 1 (fold 1 failed)
+    for fold in (0, 1):
+        for value, shift in (("0.01", 0.0), ("0.1", 0.02), ("1", -0.05)):
+            if (fold, value) == (1, "1"):
+                folder = tmp_path / "dual" / "method.loss.lambda_l2=1" / "fold1-seed0"
+                folder.mkdir(parents=True)
+                (folder / "failed.json").write_text(json.dumps({"error": "diverged", "method": "dual", "fold": 1,
+                                                                "swept": {"method.loss.lambda_l2": "1"}}))
+                continue
+            write_job(tmp_path, "dual", fold, {f"sub-{fold}{k}": same_for_all(0.80 + 0.01 * k + shift, 2.0)
+                                               for k in range(4)}, swept={"method.loss.lambda_l2": value})
+    reference = "dual[method.loss.lambda_l2=0.01]"
+    table = build_table(collect(tmp_path), reference=reference)
+    assert table.methods == ["before", reference, "dual[method.loss.lambda_l2=0.1]", "dual[method.loss.lambda_l2=1]"]
+    assert table.cells["dice", "rectum", "dual[method.loss.lambda_l2=0.1]"].mean == pytest.approx(83.5)
+    assert table.cells["dice", "rectum", reference].mean == pytest.approx(81.5)
+    assert table.cells["dice", "rectum", "dual[method.loss.lambda_l2=1]"].n == 4  # fold 0 only
+    # 8 pairs, every difference +2 points: the exact two-sided p of 8 same-signed ranks is 2 / 2^8
+    assert table.pvalues["dice", "rectum", "dual[method.loss.lambda_l2=0.1]"].p == pytest.approx(2 / 256)
+    assert [(p.method, p.fold) for p in table.problems] == [("dual[method.loss.lambda_l2=1]", 1)]
+    markdown = to_markdown(table)
+    assert "| Metric | Organ | Before | Dual, lambda_l2=0.01 | Dual, lambda_l2=0.1 | Dual, lambda_l2=1 |" in markdown
+    assert "Dual, lambda_l2=0.01 vs Dual, lambda_l2=0.1" in markdown and "diverged" in markdown
+    with pytest.raises(ValueError, match="the columns are: before, dual"):
+        build_table(collect(tmp_path), reference="dual")
+    assert main([str(tmp_path), "--reference", reference, "--out-dir", str(tmp_path / "out"), "--name", "l2"]) == 0
+    header = (tmp_path / "out" / "l2.csv").read_text().splitlines()[0]
+    assert f"{reference}_vs_dual[method.loss.lambda_l2=0.1]_p" in header
+    assert main([str(tmp_path), "--reference", "nope", "--out-dir", str(tmp_path / "out")]) == 2
+
+
+def test_jobs_of_one_sweep_run_in_several_places_make_one_table(tmp_path):
+    write_job(tmp_path / "here", "affine", 0, {"sub-a": same_for_all(0.8, 2.0)})
+    write_job(tmp_path / "committed", "dual", 0, {"sub-a": same_for_all(0.9, 1.0)})
+    table = build_table(collect(tmp_path / "here", tmp_path / "committed"))
+    assert table.methods == ["before", "affine", "dual"] and not table.problems
