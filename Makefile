@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCALE ?= full
 TABLE1 := $(if $(filter smoke cpu,$(SCALE)),table1_$(SCALE),table1)
 
-.PHONY: install demo test test-all figure reproduce-table1 pairs-vs-exact clean
+.PHONY: install demo test test-all figure reproduce-table1 keep-runs pairs-vs-exact clean
 
 install: $(STAMP)
 
@@ -29,9 +29,16 @@ demo: $(STAMP)
 
 # The paper's Table 1: 5 methods x 5 folds, then the aggregated table. SCALE=cpu: the 2 mm phantom with the
 # CPU recipe (about 3 h on 2 cores, resumable); SCALE=smoke: minutes, the harness only (its networks do not learn).
+# Each finished job's metrics.json and resolved config are kept in experiments/table1/runs/ (small, committed).
 reproduce-table1: $(STAMP)
 	$(BIN)/intermod-train -m experiment=$(TABLE1)
+	$(MAKE) keep-runs SWEEP=$(TABLE1)
 	$(BIN)/intermod-table1 outputs/multiruns/$(TABLE1) --out-dir experiments/table1 --name $(TABLE1)
+
+keep-runs:
+	cd outputs/multiruns/$(SWEEP) && for f in $$(find . -name metrics.json -o -name failed.json); do \
+		d=$(CURDIR)/experiments/table1/runs/$(SWEEP)/$$(dirname $$f); mkdir -p $$d; \
+		cp $$f $$(dirname $$f)/config_resolved.yaml $$d/; done
 
 # Training on intermod-pair's pairs vs on the phantom's exact ones, at the demo's scale (folds 0-2), and the
 # smoke Table 1 both ways: experiments/pairing/. About 1.5 h on 2 CPU cores, most of it pairing 15 subjects.
