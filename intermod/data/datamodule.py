@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -57,6 +58,24 @@ def normalisation(ct_window: Sequence[float] = (-160.0, 240.0),
     ])
 
 
+class EpochSeededLoader(DataLoader):
+    """A DataLoader that reseeds Python's, NumPy's and torch's generators from (seed, global step, rank)
+    whenever an epoch's iteration begins, so an epoch's patches depend on nothing before it: a run resumed
+    from an end-of-epoch checkpoint draws what the uninterrupted run drew, and ends with its weights.
+    (The step, not the epoch: Lightning resumes such a checkpoint before counting its epoch as done.)"""
+
+    def __init__(self, *args, seed: int = 0, position: Callable[[], tuple[int, int]] = lambda: (0, 0), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed, self.position = seed, position
+
+    def __iter__(self):
+        epoch_seed = int(np.random.SeedSequence([self.seed, *self.position()]).generate_state(1)[0])
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
+        return super().__iter__()
+
+
 def collate_patches(samples: list[tio.Subject]) -> dict[str, torch.Tensor]:
     """Stack queue patches into {key: (B, 1, X, Y, Z)}; the module never sees TorchIO types."""
     return {k: torch.stack([s[k][tio.DATA] for s in samples]) for k in VOLUME_KEYS}
@@ -93,7 +112,7 @@ class PairedDataModule(pl.LightningDataModule):
                  samples_per_volume: int = 64, queue_length: int = 256, batch_size: int = 2,
                  num_workers: int = 0, flip_augment: bool = True, sampler: str = "uniform",
                  ct_window: Sequence[float] = (-160.0, 240.0),
-                 mr_percentiles: Sequence[float] = (0.5, 99.5), pin_memory: bool = False):
+                 mr_percentiles: Sequence[float] = (0.5, 99.5), pin_memory: bool = False, seed: int = 0):
         super().__init__()
         if sampler not in ("uniform", "label"):
             raise ValueError(f"sampler must be 'uniform' or 'label', got {sampler!r}")
@@ -104,6 +123,7 @@ class PairedDataModule(pl.LightningDataModule):
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.flip_augment, self.sampler_name = flip_augment, sampler
+        self.seed = seed
         self.normalise = normalisation(ct_window, mr_percentiles)
         self.spec: DatasetSpec | None = None
         self.split: Split | None = None
@@ -176,9 +196,13 @@ class PairedDataModule(pl.LightningDataModule):
         queue = tio.Queue(dataset, self.queue_length, per_load, self._sampler(),
                           subject_sampler=subject_sampler, shuffle_subjects=subject_sampler is None,
                           num_workers=self.num_workers)
-        # The queue owns the workers and the shuffling; this loader only batches.
-        return DataLoader(queue, batch_size=self.batch_size, num_workers=0, collate_fn=collate_patches,
-                          pin_memory=self.pin_memory)
+        # The queue owns the workers and the shuffling; this loader only batches (and seeds each epoch).
+        return EpochSeededLoader(queue, batch_size=self.batch_size, num_workers=0, collate_fn=collate_patches,
+                                 pin_memory=self.pin_memory, seed=self.seed, position=self._step_and_rank)
+
+    def _step_and_rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_step, trainer.global_rank) if trainer is not None else (0, 0)
 
     def _whole_volume_loader(self, names: Sequence[str]) -> DataLoader:
         self.setup()

@@ -94,25 +94,40 @@ def test_same_seed_same_metrics_and_rerun_is_skipped(tmp_path, tiny_dataset):
     assert third["resumed_from"] is None and third["subjects"] == first["subjects"]
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_dataset):
-    cmd = [sys.executable, "-m", "intermod.cli.train", f"data.root={tiny_dataset}", f"paths.log_dir={tmp_path}",
-           "name=t", *TINY, "logger=none", "trainer.max_epochs=6", "ckpt_every_n_steps=2"]
-    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+def test_a_killed_run_resumed_ends_with_the_uninterrupted_runs_weights(tmp_path, tiny_dataset):
+    """Killed after an end-of-epoch checkpoint (3 training subjects x 2 flips x 2 patches = 6 steps an epoch,
+    a checkpoint every 6 steps), resumed: same global step, same weights as a run never stopped, because
+    the checkpoint also carries the random generators that draw the patches."""
+    overrides = ["logger=none", "trainer.max_epochs=4", "ckpt_every_n_steps=6"]
+    train(tmp_path / "whole", tiny_dataset, *overrides)
+    cmd = [sys.executable, "-m", "intermod.cli.train", f"data.root={tiny_dataset}", f"paths.log_dir={tmp_path / 'cut'}",
+           "name=t", *TINY, *overrides]
+    last = run_dir(tmp_path / "cut") / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
-    time.sleep(1.0)
+    time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert last.exists(), "no checkpoint was written before the kill"
-    assert not (run_dir(tmp_path) / "metrics.json").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 6 <= killed_at < 24 and not (run_dir(tmp_path / "cut") / "metrics.json").exists()
 
-    resumed = train(tmp_path, tiny_dataset, "logger=none", "trainer.max_epochs=6", "ckpt_every_n_steps=2")
+    resumed = train(tmp_path / "cut", tiny_dataset, *overrides)
     assert "resuming from" in resumed.stdout
-    metrics = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
-    assert metrics["resumed_from"].endswith("last.ckpt")
-    assert metrics["epochs_trained"] == 6
+    metrics = json.loads((run_dir(tmp_path / "cut") / "metrics.json").read_text())
+    whole = json.loads((run_dir(tmp_path / "whole") / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("last.ckpt") and (metrics["global_step"], metrics["epochs_trained"]) == (24, 4)
+    assert whole["global_step"] == metrics["global_step"]
+    weights = [torch.load(run_dir(tmp_path / run) / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=False)["state_dict"] for run in ("whole", "cut")]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    def dice(run: dict) -> dict:
+        return {(s, o): v["dice_after"] for s, r in run["subjects"].items() for o, v in r["organs"].items()}
+
+    assert dice(metrics) == pytest.approx(dice(whole))
 
 
 def test_bad_dataset_fails_with_a_clear_message(tmp_path, tiny_dataset):
