@@ -32,11 +32,9 @@ import ants
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torchio as tio
 
 import intermod
 from intermod.baselines.ants import ants_random_seed, ants_workdir
-from intermod.data.datamodule import normalisation
 from intermod.evaluation.metrics import folding_statistics, mutual_information, organ_metrics
 from intermod.geometry import (InputError, field_image, index_to_physical, orientation_direction, read_image,
                                reference_grid, resample, to_array, voxel_to_lps, write_displacement_field)
@@ -44,6 +42,7 @@ from intermod.inference import MODES as INFERENCE_MODES
 from intermod.inference import InferenceNetwork, predict_field, resolve_precision
 from intermod.module import CHECKPOINT_FORMAT
 from intermod.networks.unet import RegistrationUNet
+from intermod.preprocessing import normalise_ct, normalise_mr
 from intermod.spatial import warp
 
 __all__ = ["Model", "RegistrationResult", "select_device", "load_model", "prealign", "compose_field",
@@ -243,10 +242,8 @@ def _overlap(mr: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> flo
 
 def normalise(ct: np.ndarray, mr: np.ndarray, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
     """CT and MR (X, Y, Z) normalised exactly as in training, as (1, 1, X, Y, Z) tensors."""
-    subject = tio.Subject(ct=tio.ScalarImage(tensor=torch.from_numpy(ct)[None]),
-                          mr=tio.ScalarImage(tensor=torch.from_numpy(mr)[None]))
-    subject = normalisation(model.ct_window, model.mr_percentiles)(subject)
-    return subject["ct"].data[None].float(), subject["mr"].data[None].float()
+    return (torch.from_numpy(normalise_ct(ct, model.ct_window))[None, None],
+            torch.from_numpy(normalise_mr(mr, model.mr_percentiles))[None, None])
 
 
 def _mi(a: torch.Tensor, b: torch.Tensor) -> float:

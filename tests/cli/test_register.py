@@ -23,7 +23,7 @@ import torch
 import torchio as tio
 
 from intermod.cli.register import main
-from intermod.data.datamodule import normalisation
+from intermod.data.datamodule import Normalisation
 from intermod.evaluation.metrics import dice
 from intermod.geometry import index_to_physical, lps_to_voxel, read_displacement_field, to_array
 from intermod.inference import predict_field, resolve_precision
@@ -215,7 +215,7 @@ def test_field_is_the_network_prediction_where_grids_coincide(tmp_path):
                           "--precision", "fp32")
     assert code == 0, stderr
 
-    subject = normalisation(METADATA["ct_window"], METADATA["mr_percentiles"])(tio.Subject(
+    subject = Normalisation(METADATA["ct_window"], METADATA["mr_percentiles"])(tio.Subject(
         ct=tio.ScalarImage(tensor=torch.from_numpy(to_array(ct))[None]),
         mr=tio.ScalarImage(tensor=torch.from_numpy(to_array(mr))[None])))
     expected = predict_field(net, subject["ct"].data[None].float(), subject["mr"].data[None].float())
