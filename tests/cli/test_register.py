@@ -279,8 +279,8 @@ def test_ct_padding_is_air_before_any_stage_sees_it(data, monkeypatch):
     assert seen["ct_min"] == registration.AIR_HU
 
 
-BAD_INPUTS = ["missing_ct", "mr_2d", "mr_4d", "ct_nan", "no_overlap", "other_version", "baseline",
-              "not_intermod", "not_a_checkpoint", "cuda"]
+BAD_INPUTS = ["missing_ct", "mr_2d", "mr_4d", "ct_nan", "no_overlap", "other_version", "newer_version",
+              "missing_entry", "baseline", "not_intermod", "not_a_checkpoint", "cuda"]
 
 
 def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
@@ -310,6 +310,11 @@ def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
     elif case == "other_version":
         paths["checkpoint"] = save_checkpoint(tmp / "old.ckpt", metadata={**METADATA, "format": 0,
                                                                                 "intermod_version": "0.0.1"})
+    elif case == "newer_version":
+        paths["checkpoint"] = save_checkpoint(tmp / "new.ckpt", metadata={**METADATA, "format": 2})
+    elif case == "missing_entry":
+        paths["checkpoint"] = save_checkpoint(tmp / "partial.ckpt",
+                                              metadata={k: v for k, v in METADATA.items() if k != "spacing"})
     elif case == "baseline":
         paths["checkpoint"] = save_checkpoint(tmp / "syn.ckpt", metadata={**METADATA, "method": "syn", "net": None})
     elif case == "not_intermod":
