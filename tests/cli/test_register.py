@@ -346,6 +346,20 @@ def test_bad_input_gives_one_line_exit_2_and_leaves_out_untouched(data, tmp_path
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+def test_the_command_imports_neither_lightning_nor_torchio(data, tmp_path):
+    """A fresh intermod-register process, run to the end, never loads the training stack (seconds of
+    start-up, and packages a user who only registers need not have)."""
+    script = ("import sys\nfrom intermod.cli.register import main\ncode = main(sys.argv[1:])\n"
+              "print(code, sorted({m.split('.')[0] for m in sys.modules}\n"
+              "                   & {'pytorch_lightning', 'lightning', 'lightning_fabric', 'torchio'}))")
+    command = [sys.executable, "-c", script, "--ct", str(data["ct"]), "--mr", str(data["mr"]),
+               "--checkpoint", str(data["checkpoint"]), "--out", str(tmp_path / "out"), "--no-affine"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "0 []"
+    assert (tmp_path / "out" / OUTPUT_NAMES["field"]).exists()
+
+
 def test_failure_while_writing_leaves_out_untouched(data, tmp_path, monkeypatch):
     import intermod.registration as registration
 
