@@ -84,7 +84,7 @@ class RegistrationModule(pl.LightningModule):
         out = self.register_batch(batch)
         loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
         result = self.evaluate_batch(batch, out)
-        metrics = {"val/loss": loss, **{f"val/{m}": result["images"][f"{m}_after"] for m in IMAGE_METRICS}}
+        metrics = {"val/loss": loss, **{f"val/{m.key}": result["images"][f"{m.key}_after"] for m in IMAGE_METRICS}}
         if result["organs"]:
             dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
             metrics["val/dice_mean"] = float(np.mean(list(dice.values())))
