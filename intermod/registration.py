@@ -36,7 +36,7 @@ import torch
 import intermod
 from intermod.baselines.ants import ants_random_seed, ants_workdir
 from intermod.checkpoint import CheckpointError, read_metadata
-from intermod.evaluation.metrics import folding_statistics, mutual_information, organ_metrics
+from intermod.evaluation.metrics import folding_statistics, histogram_mutual_information, organ_metrics
 from intermod.geometry import (InputError, field_image, index_to_physical, read_image, reference_grid, resample,
                                to_array, voxel_to_lps, write_displacement_field)
 from intermod.inference import InferenceNetwork, predict_field, resolve_precision
@@ -225,7 +225,8 @@ def normalise(ct: np.ndarray, mr: np.ndarray, model: Model) -> tuple[torch.Tenso
 def _mi(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mutual information (nats, as in metrics.json) of two volumes on a regular subsample."""
     step = max(1, math.ceil(a.numel() / MI_MAX_VOXELS))
-    return mutual_information(a.flatten()[::step].float().cpu().numpy(), b.flatten()[::step].float().cpu().numpy())
+    a, b = (x.flatten()[::step].float().cpu().numpy() for x in (a, b))
+    return histogram_mutual_information(a, b)
 
 
 def compose_field(affine: sitk.AffineTransform, deformation: np.ndarray, grid: sitk.Image,
