@@ -19,12 +19,14 @@ Conventions:
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.filebasedimages import ImageFileError
 
 __all__ = ["InputError", "read_image", "to_array", "from_array", "index_to_physical", "ras_affine",
            "orientation_direction", "reference_grid", "resample", "voxel_to_lps", "lps_to_voxel",
@@ -48,6 +50,16 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
     return reader.Execute()
+
+
+def _nifti_voxels(path: Path) -> np.ndarray:
+    """A NIfTI file's voxels as nibabel reads them: all of them, or :class:`InputError` if the file is
+    cut short or corrupt (ITK reads a truncated .nii.gz without a word, filling in what is missing)."""
+    try:
+        return np.asanyarray(nib.load(path).dataobj)
+    except (EOFError, OSError, ValueError, zlib.error, ImageFileError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"{path}: file is truncated or corrupt ({reason}); copy or export it again") from None
 
 
 def read_image(path: str | Path, labels: bool = False) -> sitk.Image:
@@ -79,7 +91,7 @@ def read_image(path: str | Path, labels: bool = False) -> sitk.Image:
     bad = np.count_nonzero(~np.isfinite(values))
     if path.name.endswith((".nii", ".nii.gz")):
         # ITK's NIfTI reader silently turns NaN into 0; the file itself tells the truth.
-        bad = max(bad, np.count_nonzero(~np.isfinite(np.asanyarray(nib.load(path).dataobj))))
+        bad = max(bad, np.count_nonzero(~np.isfinite(_nifti_voxels(path))))
     if bad:
         raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite")
     if not labels and values.min() == values.max():

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from intermod.spatial import crop_center, warp
 
-__all__ = ["ncc", "local_ncc", "laplacian", "smoothness", "mutual_information", "RegistrationLoss"]
+__all__ = ["ncc", "local_ncc", "laplacian", "smoothness", "parzen_mutual_information", "RegistrationLoss"]
 
 
 def _check_pair(a: Tensor, b: Tensor, name: str) -> None:
@@ -98,19 +98,20 @@ def smoothness(phi: Tensor, lambda_laplacian: float = 0.5, lambda_l2: float = 0.
     return lap_term + l2_term, lap_term, l2_term
 
 
-def mutual_information(a: Tensor, b: Tensor, bins: int = 32, sigma: float | None = None, eps: float = 1e-10) -> Tensor:
+def parzen_mutual_information(a: Tensor, b: Tensor, bins: int = 32, sigma: float | None = None,
+                              eps: float = 1e-10) -> Tensor:
     """Differentiable Parzen-window mutual information (nats) per sample, shape (B,).
 
     Intensities are clamped to [0, 1]; bin centres are ``linspace(0, 1, bins)``; each voxel spreads
     unit mass over the bins with a Gaussian kernel of width ``sigma`` (default half the bin
     spacing, as MONAI's GlobalMutualInformationLoss). MI <= log(bins).
     """
-    _check_pair(a, b, "mutual_information")
+    _check_pair(a, b, "parzen_mutual_information")
     if bins < 2:
-        raise ValueError(f"mutual_information: bins must be >= 2, got {bins}")
+        raise ValueError(f"parzen_mutual_information: bins must be >= 2, got {bins}")
     sigma = 0.5 / (bins - 1) if sigma is None else sigma
     if sigma <= 0:
-        raise ValueError(f"mutual_information: sigma must be > 0, got {sigma}")
+        raise ValueError(f"parzen_mutual_information: sigma must be > 0, got {sigma}")
     centres = torch.linspace(0, 1, bins, device=a.device, dtype=a.dtype)
 
     def soft_bins(x: Tensor) -> Tensor:  # (B, N, bins), rows sum to 1
@@ -194,7 +195,7 @@ class RegistrationLoss(nn.Module):
         if self.method in ("dual", "mr"):
             terms["sim_mr"] = self.dissimilarity(crop_center(mr_paired, size), warp(mr, phi))
         if self.method == "mi":
-            mi = mutual_information(crop_center(ct, size), warp(mr, phi), bins=self.mi_bins)
+            mi = parzen_mutual_information(crop_center(ct, size), warp(mr, phi), bins=self.mi_bins)
             terms["sim_mi"] = 1 - mi / math.log(self.mi_bins)
         weight = 0.5 if self.method == "dual" else 1.0
         reg, lap, l2 = smoothness(phi, self.lambda_laplacian, self.lambda_l2)

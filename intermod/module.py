@@ -8,11 +8,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from intermod.checkpoint import CheckpointMetadata, write_metadata
 from intermod.evaluation.report import IMAGE_METRICS, evaluate_subject, subject_volumes
 from intermod.inference import register_volumes
 from intermod.losses import RegistrationLoss
-
-CHECKPOINT_FORMAT = 1
 
 
 class RegistrationModule(pl.LightningModule):
@@ -43,7 +42,7 @@ class RegistrationModule(pl.LightningModule):
         self.figure_callback = figure_callback
         self.compile_network, self.compile_mode = compile, compile_mode  # `compile` is nn.Module's method
         self._network_compiled = False
-        self.checkpoint_metadata: dict = {}
+        self.checkpoint_metadata: CheckpointMetadata | None = None  # set by the runner, which knows the data
         self.test_results: dict[str, dict] = {}
         if channels_last:
             self.net.to(memory_format=self.memory_format)
@@ -85,7 +84,7 @@ class RegistrationModule(pl.LightningModule):
         out = self.register_batch(batch)
         loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
         result = self.evaluate_batch(batch, out)
-        metrics = {"val/loss": loss, **{f"val/{m}": result["images"][f"{m}_after"] for m in IMAGE_METRICS}}
+        metrics = {"val/loss": loss, **{f"val/{m.key}": result["images"][f"{m.key}_after"] for m in IMAGE_METRICS}}
         if result["organs"]:
             dice = {organ: v["dice_after"] for organ, v in result["organs"].items()}
             metrics["val/dice_mean"] = float(np.mean(list(dice.values())))
@@ -113,4 +112,5 @@ class RegistrationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What intermod-register needs to rebuild the network and check compatibility.
-        checkpoint["intermod"] = {"format": CHECKPOINT_FORMAT, "labels": self.labels, **self.checkpoint_metadata}
+        if self.checkpoint_metadata is not None:
+            write_metadata(checkpoint, self.checkpoint_metadata)

@@ -76,7 +76,7 @@ from intermod.baselines.ants import DEFAULT_OPTIONS, ants_random_seed, ants_work
 from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, DatasetSpec, file_name, load_dataset,
                                   replace_folder, write_dataset_json, write_subject, write_volumes)
 from intermod.data.phantom import warp_array
-from intermod.evaluation.metrics import dice, folding_statistics, mutual_information, ncc
+from intermod.evaluation.metrics import dice, folding_statistics, histogram_mutual_information, ncc
 from intermod.io import atomic_write_json
 
 SOURCE_KEYS = ("ct", "mr", "ct_labels", "mr_labels")
@@ -276,8 +276,8 @@ def measure_pairing(arrays: dict[str, np.ndarray], out: dict, source: Source, op
         "gate": "image" if source.label_free else "dice",
         "affine": options.affine, "seed": options.seed, "method": METHOD,
         "provided": list(source.provided),
-        "images": {"mi_before": mutual_information(arrays["ct"], arrays["mr"]),
-                   "mi_after": mutual_information(arrays["ct"], arrays["mr_paired"]),
+        "images": {"mi_before": histogram_mutual_information(arrays["ct"], arrays["mr"]),
+                   "mi_after": histogram_mutual_information(arrays["ct"], arrays["mr_paired"]),
                    "ncc_consistency": ncc(arrays["ct"], warp_array(arrays["ct_paired"], u))},
         "folding": {"mr_to_ct": folding_statistics(out["field_mr_to_ct"]),
                     "ct_to_mr": folding_statistics(out["field_ct_to_mr"])},

@@ -32,18 +32,16 @@ import ants
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torchio as tio
 
 import intermod
 from intermod.baselines.ants import ants_random_seed, ants_workdir
-from intermod.data.datamodule import normalisation
-from intermod.evaluation.metrics import folding_statistics, mutual_information, organ_metrics
-from intermod.geometry import (InputError, field_image, index_to_physical, orientation_direction, read_image,
-                               reference_grid, resample, to_array, voxel_to_lps, write_displacement_field)
-from intermod.inference import MODES as INFERENCE_MODES
+from intermod.checkpoint import CheckpointError, read_metadata
+from intermod.evaluation.metrics import folding_statistics, histogram_mutual_information, organ_metrics
+from intermod.geometry import (InputError, field_image, index_to_physical, read_image, reference_grid, resample,
+                               to_array, voxel_to_lps, write_displacement_field)
 from intermod.inference import InferenceNetwork, predict_field, resolve_precision
-from intermod.module import CHECKPOINT_FORMAT
 from intermod.networks.unet import RegistrationUNet
+from intermod.preprocessing import normalise_ct, normalise_mr
 from intermod.spatial import warp
 
 __all__ = ["Model", "RegistrationResult", "select_device", "load_model", "prealign", "compose_field",
@@ -51,7 +49,6 @@ __all__ = ["Model", "RegistrationResult", "select_device", "load_model", "preali
 
 AIR_HU = -1024.0  # CT values below (scanner padding, e.g. -2048) are air, not anatomy
 UNET_TARGET = "intermod.networks.unet.RegistrationUNet"
-BASELINE_METHODS = ("affine", "syn")  # classical methods: their runs hold no network
 MIN_OVERLAP = 0.01  # fraction of the CT's field of view that must see the MR after pre-alignment
 # Orientation search: candidate rotations (LPS, about the centres of mass) that put a scan taken
 # head-first and one taken feet-first (or prone/supine) into the same capture range. Reflections are
@@ -122,13 +119,6 @@ def select_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _pair(values, name: str) -> tuple[float, float]:
-    values = tuple(float(v) for v in values)
-    if len(values) != 2 or not values[0] < values[1]:
-        raise ValueError(f"{name} must be two increasing numbers, got {values}")
-    return values
-
-
 def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -> Model:
     """Load a network checkpoint written by :class:`intermod.module.RegistrationModule`.
 
@@ -145,40 +135,25 @@ def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle raises many types for a file that is not a checkpoint
         raise InputError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
-    meta = checkpoint.get("intermod") if isinstance(checkpoint, dict) else None
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: not an intermod checkpoint (it has no 'intermod' metadata)")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: checkpoint from another intermod version (format {meta.get('format')!r}, "
-                         f"written by intermod {meta.get('intermod_version', '?')}; this is intermod "
-                         f"{intermod.__version__}, which reads format {CHECKPOINT_FORMAT})")
-    method = meta.get("method")
-    if method in BASELINE_METHODS or not meta.get("net"):
-        raise InputError(f"{path}: checkpoint of the baseline method {method!r} holds no network to register with")
-    target = meta["net"].get("_target_")
+    try:
+        meta = read_metadata(checkpoint, path)
+    except CheckpointError as err:
+        raise InputError(str(err)) from None
+    target = meta.net["_target_"]
     if target != UNET_TARGET:
         raise InputError(f"{path}: network {target!r} is not supported (expected {UNET_TARGET})")
     try:
         # Every constructor argument recorded (widths, norm, ...), so the weights fit the same network.
-        net = RegistrationUNet(**{k: v for k, v in meta["net"].items() if k != "_target_"})
+        net = RegistrationUNet(**{k: v for k, v in meta.net.items() if k != "_target_"})
         prefix = "net."
         net.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
-        spacing = tuple(float(s) for s in meta["spacing"])
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise ValueError(f"spacing must be 3 positive values, got {spacing}")
-        orientation_direction(meta["orientation"])
-        if meta["inference"] not in INFERENCE_MODES:
-            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {meta['inference']!r}")
-        model = Model(net=InferenceNetwork(net, precision).to(torch_device), spacing=spacing,
-                      orientation=str(meta["orientation"]), inference=meta["inference"],
-                      ct_window=_pair(meta["ct_window"], "ct_window"),
-                      mr_percentiles=_pair(meta["mr_percentiles"], "mr_percentiles"),
-                      labels={str(k): int(v) for k, v in (meta.get("labels") or {}).items()}, method=str(method),
-                      device=torch_device, precision=precision)
+        network = InferenceNetwork(net, precision).to(torch_device)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         missing = f"missing entry {err}" if isinstance(err, KeyError) else _first_line(err)
         raise InputError(f"{path}: unusable intermod checkpoint ({missing})") from None
-    return model
+    return Model(net=network, spacing=meta.spacing, orientation=meta.orientation, inference=meta.inference,
+                 ct_window=meta.ct_window, mr_percentiles=meta.mr_percentiles, labels=meta.labels, method=meta.method,
+                 device=torch_device, precision=precision)
 
 
 def _to_ants(image: sitk.Image) -> ants.ANTsImage:
@@ -243,16 +218,15 @@ def _overlap(mr: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> flo
 
 def normalise(ct: np.ndarray, mr: np.ndarray, model: Model) -> tuple[torch.Tensor, torch.Tensor]:
     """CT and MR (X, Y, Z) normalised exactly as in training, as (1, 1, X, Y, Z) tensors."""
-    subject = tio.Subject(ct=tio.ScalarImage(tensor=torch.from_numpy(ct)[None]),
-                          mr=tio.ScalarImage(tensor=torch.from_numpy(mr)[None]))
-    subject = normalisation(model.ct_window, model.mr_percentiles)(subject)
-    return subject["ct"].data[None].float(), subject["mr"].data[None].float()
+    return (torch.from_numpy(normalise_ct(ct, model.ct_window))[None, None],
+            torch.from_numpy(normalise_mr(mr, model.mr_percentiles))[None, None])
 
 
 def _mi(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mutual information (nats, as in metrics.json) of two volumes on a regular subsample."""
     step = max(1, math.ceil(a.numel() / MI_MAX_VOXELS))
-    return mutual_information(a.flatten()[::step].float().cpu().numpy(), b.flatten()[::step].float().cpu().numpy())
+    a, b = (x.flatten()[::step].float().cpu().numpy() for x in (a, b))
+    return histogram_mutual_information(a, b)
 
 
 def compose_field(affine: sitk.AffineTransform, deformation: np.ndarray, grid: sitk.Image,

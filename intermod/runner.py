@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from pytorch_lightning.loggers import WandbLogger
 
 import intermod
+from intermod.checkpoint import CheckpointMetadata
 from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
 from intermod.evaluation.report import evaluate_subject, format_table, subject_volumes, summarise, summarise_images
@@ -114,12 +115,11 @@ def make_module(cfg: DictConfig, datamodule, figure_callback=None):
     """The LightningModule of a learned method, with what a checkpoint must record to register later."""
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
                          figure_callback=figure_callback)
-    module.checkpoint_metadata = {
-        "intermod_version": intermod.__version__, "method": cfg.method.name,
-        "net": OmegaConf.to_container(cfg.model.net, resolve=True), "inference": cfg.model.inference,
-        "spacing": datamodule.spacing, "orientation": datamodule.orientation,
-        "patch_size": OmegaConf.to_container(cfg.data, resolve=True)["patch_size"], "label_free": datamodule.spec.label_free,
-        "ct_window": list(cfg.data.ct_window), "mr_percentiles": list(cfg.data.mr_percentiles)}
+    module.checkpoint_metadata = CheckpointMetadata(
+        method=cfg.method.name, net=OmegaConf.to_container(cfg.model.net, resolve=True), inference=cfg.model.inference,
+        spacing=datamodule.spacing, orientation=datamodule.orientation, ct_window=datamodule.normalise.ct_window,
+        mr_percentiles=datamodule.normalise.mr_percentiles, labels=datamodule.labels,
+        patch_size=OmegaConf.to_container(cfg.data, resolve=True)["patch_size"], label_free=datamodule.spec.label_free)
     return module
 
 

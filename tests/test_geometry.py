@@ -215,12 +215,20 @@ def _bad_image(tmp_path, kind: str):
     elif kind == "garbage":
         path.write_bytes(b"not an image")
         return path, "cannot read"
+    elif kind in ("truncated", "truncated_nii"):  # an interrupted copy: ITK reads it, filling in the rest
+        path = path if kind == "truncated" else tmp_path / "truncated.nii"
+        whole = tmp_path / f"whole{''.join(path.suffixes)}"
+        sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 20, 20), np.float32)), str(whole))
+        path.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+        assert sitk.ReadImage(str(path)).GetSize() == (20, 20, 20)
+        return path, "file is truncated or corrupt"
     sitk.WriteImage(image, str(path))
     return path, {"2d": "expected a 3D image, got 2D", "slice": "single slice", "4d": "got 4D",
                   "vector": "scalar image", "nan": "1 voxel", "constant": "constant"}[kind]
 
 
-@pytest.mark.parametrize("kind", ["missing", "garbage", "2d", "slice", "4d", "vector", "nan", "constant"])
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "truncated_nii", "2d", "slice", "4d", "vector",
+                                  "nan", "constant"])
 def test_read_image_rejects_unusable_files_naming_them(tmp_path, kind):
     path, problem = _bad_image(tmp_path, kind)
     with pytest.raises(InputError) as info:

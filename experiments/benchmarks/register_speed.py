@@ -31,12 +31,14 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from intermod.checkpoint import CheckpointMetadata, write_metadata  # noqa: E402
 from intermod.cli.synth import grid_affine  # noqa: E402
 from intermod.data.phantom import GRIDS, synthesize_subject  # noqa: E402
 from intermod.geometry import read_image, to_array  # noqa: E402
 from intermod.inference import predict_field, resolve_precision  # noqa: E402
 from intermod.io import atomic_write_text  # noqa: E402
 from intermod.networks.unet import RegistrationUNet  # noqa: E402
+from intermod.preprocessing import CT_WINDOW, MR_PERCENTILES  # noqa: E402
 from intermod.registration import load_model, normalise, register_files, register_images  # noqa: E402
 from intermod.spatial import warp  # noqa: E402
 
@@ -68,12 +70,12 @@ def write_checkpoint(path: Path, spacing: tuple[float, ...], seed: int) -> Path:
     """An untrained paper-size checkpoint for a model grid of ``spacing`` mm."""
     torch.manual_seed(seed)
     net = RegistrationUNet(WIDTHS)
-    torch.save({"state_dict": {"net." + k: v for k, v in net.state_dict().items()},
-                "intermod": {"format": 1, "labels": {}, "intermod_version": "benchmark", "method": "dual",
-                             "net": {"_target_": "intermod.networks.unet.RegistrationUNet", "widths": list(WIDTHS)},
-                             "inference": "whole", "spacing": list(spacing), "orientation": "RAS",
-                             "patch_size": 68, "ct_window": [-160.0, 240.0], "mr_percentiles": [0.5, 99.5]}},
-               path)
+    checkpoint = {"state_dict": {"net." + k: v for k, v in net.state_dict().items()}}
+    write_metadata(checkpoint, CheckpointMetadata(
+        method="dual", net={"_target_": "intermod.networks.unet.RegistrationUNet", "widths": list(WIDTHS)},
+        inference="whole", spacing=spacing, orientation="RAS", ct_window=CT_WINDOW, mr_percentiles=MR_PERCENTILES,
+        patch_size=68, intermod_version="benchmark"))
+    torch.save(checkpoint, path)
     return path
 
 

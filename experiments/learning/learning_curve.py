@@ -17,7 +17,6 @@ writes OUT.md (table), OUT.csv (every curve point), OUT.png (Dice against minute
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from intermod.baselines.ants import single_threaded_ants
 
     single_threaded_ants()
-    # Imported here so that --help answers at once (torch, ANTs and Lightning take seconds to load).
+    # Imported here so that --help answers at once (torch and ANTs take seconds to load).
     from intermod.geometry import InputError
     from intermod.registration import register_files
 

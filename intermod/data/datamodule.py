@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from intermod.data.layout import FIELD_KEY, IMAGE_KEYS, LABEL_KEYS, DatasetSpec, load_dataset
 from intermod.data.splits import Split, make_split
+from intermod.preprocessing import CT_WINDOW, MR_PERCENTILES, normalise_ct, normalise_mr
 
 CT_KEYS = ("ct", "ct_paired")
 MR_KEYS = ("mr", "mr_paired")
@@ -46,16 +47,22 @@ class FlipMarked(tio.Transform):
         return tio.Flip(axes=(0,))(subject) if subject["flipped"] else subject
 
 
-def normalisation(ct_window: Sequence[float] = (-160.0, 240.0),
-                  mr_percentiles: Sequence[float] = (0.5, 99.5)) -> tio.Compose:
-    """CT: a fixed HU window mapped to [0, 1] (same for CT and paired CT); MR: percentiles to [0, 1]."""
-    low, high = ct_window
-    return tio.Compose([
-        tio.Clamp(low, high, include=list(CT_KEYS)),
-        tio.RescaleIntensity((0, 1), in_min_max=(low, high), include=list(CT_KEYS)),
-        tio.RescaleIntensity((0, 1), percentiles=tuple(mr_percentiles), include=list(MR_KEYS)),
-        tio.Clamp(0, 1, include=list(MR_KEYS)),
-    ])
+class Normalisation(tio.Transform):
+    """:mod:`intermod.preprocessing` on a subject: the CT window on the CTs (ct, ct_paired), the MR
+    percentiles on the MRs (mr, mr_paired)."""
+
+    def __init__(self, ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES):
+        super().__init__()
+        self.ct_window, self.mr_percentiles = tuple(ct_window), tuple(mr_percentiles)
+        self.args_names = ["ct_window", "mr_percentiles"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for keys, normalise, parameter in ((CT_KEYS, normalise_ct, self.ct_window),
+                                           (MR_KEYS, normalise_mr, self.mr_percentiles)):
+            for key in keys:
+                if key in subject:
+                    subject[key].set_data(torch.from_numpy(normalise(subject[key].data.numpy(), parameter)))
+        return subject
 
 
 class EpochSeededLoader(DataLoader):
@@ -111,8 +118,8 @@ class PairedDataModule(pl.LightningDataModule):
                  n_test: int = 2, n_val: int = 1, patch_size: int | Sequence[int] = 68, margin: int = 20,
                  samples_per_volume: int = 64, queue_length: int = 256, batch_size: int = 2,
                  num_workers: int = 0, flip_augment: bool = True, sampler: str = "uniform",
-                 ct_window: Sequence[float] = (-160.0, 240.0),
-                 mr_percentiles: Sequence[float] = (0.5, 99.5), pin_memory: bool = False, seed: int = 0):
+                 ct_window: Sequence[float] = CT_WINDOW, mr_percentiles: Sequence[float] = MR_PERCENTILES,
+                 pin_memory: bool = False, seed: int = 0):
         super().__init__()
         if sampler not in ("uniform", "label"):
             raise ValueError(f"sampler must be 'uniform' or 'label', got {sampler!r}")
@@ -124,7 +131,7 @@ class PairedDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.flip_augment, self.sampler_name = flip_augment, sampler
         self.seed = seed
-        self.normalise = normalisation(ct_window, mr_percentiles)
+        self.normalise = Normalisation(ct_window, mr_percentiles)
         self.spec: DatasetSpec | None = None
         self.split: Split | None = None
 

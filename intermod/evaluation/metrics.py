@@ -28,11 +28,11 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
+def histogram_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     """Mutual information (nats) of two images from their joint histogram, ``bins`` per axis over each
     image's own range: in [0, log(bins)], and unchanged by a linear rescaling of either image."""
     if a.shape != b.shape:
-        raise ValueError(f"mutual_information: shapes differ, {a.shape} vs {b.shape}")
+        raise ValueError(f"histogram_mutual_information: shapes differ, {a.shape} vs {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return math.nan  # a diverged network's output: reported as NaN, like ncc, not a crash
     joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)

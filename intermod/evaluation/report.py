@@ -6,21 +6,38 @@ every dataset, so a label-free one (``"label_free": true`` in dataset.json) is e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from intermod.evaluation.metrics import folding_statistics, mutual_information, ncc, organ_metrics
+from intermod.evaluation.metrics import folding_statistics, histogram_mutual_information, ncc, organ_metrics
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One block of rows: the metrics.json key, its row label, scale to display units, decimals, best."""
+    key: str
+    label: str
+    unit: str
+    scale: float
+    digits: int
+    higher_is_better: bool
+
 
 METRICS = ("dice", "asd", "hd95")
-IMAGE_METRICS = {"mi": "MI (CT, MR), nats", "ncc_mr": "NCC (paired MR, MR)"}
+# Image similarity, before and after registration: all a label-free dataset has.
+IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True),
+                 Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
 WHEN = ("before", "after")
 NO_ORGANS = "no organ labels (label-free dataset): Dice, ASD and HD95 are not computed"
+# Every table's ± (this per-run one and Table 1) is the sample std, and each says so.
+SPREAD = "sample std (ddof=1)"
 
 
 def image_similarity(ct: np.ndarray, mr: np.ndarray, mr_warped: np.ndarray, mr_paired: np.ndarray) -> dict:
     """Before and after registration: MI of the CT and the MR (what a user without pairs can measure)
     and NCC of the paired MR and the MR (the MR term of the paper's loss, Eq. 2)."""
-    return {"mi_before": mutual_information(ct, mr), "mi_after": mutual_information(ct, mr_warped),
+    return {"mi_before": histogram_mutual_information(ct, mr), "mi_after": histogram_mutual_information(ct, mr_warped),
             "ncc_mr_before": ncc(mr_paired, mr), "ncc_mr_after": ncc(mr_paired, mr_warped)}
 
 
@@ -52,31 +69,33 @@ def evaluate_subject(volumes: dict[str, np.ndarray], field: np.ndarray | None, l
             "folding": folding_statistics(field) if field is not None else None}
 
 
-def _statistics(values: list[float]) -> dict:
-    """Mean and std of the finite values (NaNs, i.e. empty organs, left out) and how many there were."""
+def sample_statistics(values) -> dict:
+    """Mean and sample std (ddof=1; NaN for fewer than two) of the finite values (NaNs, i.e. empty
+    organs, left out), and how many there were: the statistics of every table's cells."""
     array = np.asarray(values, dtype=float)
     finite = array[np.isfinite(array)]
     return {"mean": float(finite.mean()) if finite.size else math.nan,
-            "std": float(finite.std()) if finite.size else math.nan, "n": int(finite.size)}
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan, "n": int(finite.size)}
 
 
 def summarise(subjects: dict[str, dict], labels: dict[str, int]) -> dict:
     """Per organ, mean and std over subjects of each organ metric."""
-    return {organ: {f"{m}_{when}": _statistics([s["organs"][organ][f"{m}_{when}"] for s in subjects.values()])
+    return {organ: {f"{m}_{when}": sample_statistics([s["organs"][organ][f"{m}_{when}"] for s in subjects.values()])
                     for m in METRICS for when in WHEN} for organ in labels}
 
 
 def summarise_images(subjects: dict[str, dict]) -> dict:
     """Mean and std over subjects of each image similarity, before and after."""
-    return {f"{m}_{when}": _statistics([s["images"][f"{m}_{when}"] for s in subjects.values()])
+    return {f"{m.key}_{when}": sample_statistics([s["images"][f"{m.key}_{when}"] for s in subjects.values()])
             for m in IMAGE_METRICS for when in WHEN}
 
 
 def format_table(summary: dict, image_summary: dict | None = None) -> str:
     """Markdown: Dice (%) and ASD (mm) per organ before vs after registration (or why there are none),
-    then the image similarity when given."""
+    then the image similarity when given; a footer says what ± is."""
     def cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
-        return f"{row[key]['mean'] * scale:.{digits}f} ± {row[key]['std'] * scale:.{digits}f}"
+        std = row[key]["std"] * scale
+        return f"{row[key]['mean'] * scale:.{digits}f} ± {f'{std:.{digits}f}' if math.isfinite(std) else 'n/a'}"
 
     if summary:
         lines = ["| organ | Dice before (%) | Dice after (%) | ASD before (mm) | ASD after (mm) | HD95 after (mm) |",
@@ -88,6 +107,9 @@ def format_table(summary: dict, image_summary: dict | None = None) -> str:
         lines = [f"({NO_ORGANS})"]
     if image_summary:
         lines += ["", "| image similarity | before | after |", "|---|---|---|"]
-        lines += [f"| {label} | {cell(image_summary, f'{m}_before', digits=3)} | "
-                  f"{cell(image_summary, f'{m}_after', digits=3)} |" for m, label in IMAGE_METRICS.items()]
+        lines += [f"| {m.label}{f', {m.unit}' if m.unit else ''} | "
+                  f"{cell(image_summary, f'{m.key}_before', m.scale, m.digits)} | "
+                  f"{cell(image_summary, f'{m.key}_after', m.scale, m.digits)} |" for m in IMAGE_METRICS]
+    if summary or image_summary:
+        lines += ["", f"Each cell: mean ± {SPREAD} over the test subjects (n/a for a single subject)."]
     return "\n".join(lines)

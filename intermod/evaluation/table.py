@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from intermod.evaluation.report import IMAGE_METRICS, SPREAD, Metric, sample_statistics
 from intermod.io import atomic_write_text
 from intermod.runs import FAILED_FILE, METRICS_FILE
 from intermod.wandb_mode import offline_unless_logged_in
@@ -44,21 +45,7 @@ FEW_PAIRS = (f"fewer than {MIN_PAIRS} pairs (with {MIN_PAIRS - 1} or fewer the s
 ALL_ZERO = "all paired differences are zero (the methods agree on every pair)"
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One block of rows: the metrics.json key, its row label, scale to display units, decimals, best."""
-    key: str
-    label: str
-    unit: str
-    scale: float
-    digits: int
-    higher_is_better: bool
-
-
 METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False))
-# Image similarity after registration (evaluation.report), one row each: all a label-free dataset has.
-IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True),
-                 Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
 IMAGE_ROW = "whole image"
 # Folding of the field: % voxels whose Jacobian determinant is <= 0 (0 before registration).
 FOLDING = Metric("folding", "Folding (% det J <= 0)", "%", 1.0, 3, False)
@@ -294,12 +281,10 @@ def subject_values(jobs: list[Job], method: str, metric: str, organ: str) -> dic
 
 
 def cell_statistics(values: list[float], scale: float) -> Cell:
-    """Mean and sample std (ddof=1) of the finite values, scaled; NaNs counted, not used."""
+    """:func:`~intermod.evaluation.report.sample_statistics` of the values, scaled; NaNs counted, not used."""
     array = np.asarray(values, dtype=float) * scale
-    finite = array[np.isfinite(array)]
-    mean = float(finite.mean()) if finite.size else math.nan
-    std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-    return Cell(mean, std, int(finite.size), int(array.size - finite.size))
+    summary = sample_statistics(array)
+    return Cell(summary["mean"], summary["std"], summary["n"], int(array.size - summary["n"]))
 
 
 def paired_wilcoxon(reference: dict, other: dict) -> PValue:
@@ -495,7 +480,7 @@ def to_markdown(table: Table1) -> str:
     """The whole report: results, samples, p-values, missing jobs, and the paper's Table 1."""
     shown = ", ".join(m.label + (f" ({m.unit})" if m.unit and m.unit not in m.label else "") for m, _ in table.blocks)
     lines = [f"# Table 1: {shown} after registration", "",
-             f"From `{table.root}`. Each cell: mean ± sample std (ddof=1) over the test subjects of all folds "
+             f"From `{table.root}`. Each cell: mean ± {SPREAD} over the test subjects of all folds "
              f"pooled; best of each row in bold (lowest ASD, highest of the others).", "",
              *_results_markdown(table), "", *_coverage_lines(table), *[f"- Note: {n}" for n in table.notes], "",
              f"## Paired Wilcoxon signed-rank tests, {display_name(table.reference or REFERENCE_METHOD)} vs each method "
@@ -556,7 +541,10 @@ def to_latex(table: Table1) -> str:
             texts = [format_cell(table.cells[m.key, organ, method], m.digits, "$\\pm$") for method in table.methods]
             texts = [f"\\textbf{{{t}}}" if method in best[organ] else t for method, t in zip(table.methods, texts)]
             lines.append(" & ".join([latex_escape(m.label) if i == 0 else "", latex_escape(organ), *texts]) + " \\\\")
-    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
+    # The footer is part of the tabular, so the convention travels with the table into any document.
+    footer = (f"\\multicolumn{{{2 + len(table.methods)}}}{{l}}{{\\footnotesize Each cell: mean $\\pm$ {SPREAD} "
+              "over the test subjects of all folds pooled.} \\\\")
+    return "\n".join(lines + ["\\bottomrule", footer, "\\end{tabular}", ""])
 
 
 # ---------------------------------------------------------------- writing

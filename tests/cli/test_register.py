@@ -23,7 +23,7 @@ import torch
 import torchio as tio
 
 from intermod.cli.register import main
-from intermod.data.datamodule import normalisation
+from intermod.data.datamodule import Normalisation
 from intermod.evaluation.metrics import dice
 from intermod.geometry import index_to_physical, lps_to_voxel, read_displacement_field, to_array
 from intermod.inference import predict_field, resolve_precision
@@ -215,7 +215,7 @@ def test_field_is_the_network_prediction_where_grids_coincide(tmp_path):
                           "--precision", "fp32")
     assert code == 0, stderr
 
-    subject = normalisation(METADATA["ct_window"], METADATA["mr_percentiles"])(tio.Subject(
+    subject = Normalisation(METADATA["ct_window"], METADATA["mr_percentiles"])(tio.Subject(
         ct=tio.ScalarImage(tensor=torch.from_numpy(to_array(ct))[None]),
         mr=tio.ScalarImage(tensor=torch.from_numpy(to_array(mr))[None])))
     expected = predict_field(net, subject["ct"].data[None].float(), subject["mr"].data[None].float())
@@ -279,8 +279,8 @@ def test_ct_padding_is_air_before_any_stage_sees_it(data, monkeypatch):
     assert seen["ct_min"] == registration.AIR_HU
 
 
-BAD_INPUTS = ["missing_ct", "mr_2d", "mr_4d", "ct_nan", "no_overlap", "other_version", "baseline",
-              "not_intermod", "not_a_checkpoint", "cuda"]
+BAD_INPUTS = ["missing_ct", "mr_2d", "mr_4d", "ct_nan", "mr_truncated", "no_overlap", "other_version",
+              "newer_version", "missing_entry", "baseline", "not_intermod", "not_a_checkpoint", "cuda"]
 
 
 def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
@@ -301,6 +301,11 @@ def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
         ct = sitk.ReadImage(str(data["ct"]), sitk.sitkFloat32)
         ct[10, 10, 10] = float("nan")
         sitk.WriteImage(ct, str(paths["ct"]))
+    elif case == "mr_truncated":  # a copy cut short: ITK alone would read it without a word
+        paths["mr"] = tmp / "mr_truncated.nii.gz"
+        sitk.WriteImage(sitk.ReadImage(str(data["mr"])), str(tmp / "mr_whole.nii.gz"))
+        whole = (tmp / "mr_whole.nii.gz").read_bytes()
+        paths["mr"].write_bytes(whole[:len(whole) // 2])
     elif case == "no_overlap":
         paths["mr"] = tmp / "mr_far.mha"
         mr = sitk.ReadImage(str(data["mr"]))
@@ -310,6 +315,11 @@ def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
     elif case == "other_version":
         paths["checkpoint"] = save_checkpoint(tmp / "old.ckpt", metadata={**METADATA, "format": 0,
                                                                                 "intermod_version": "0.0.1"})
+    elif case == "newer_version":
+        paths["checkpoint"] = save_checkpoint(tmp / "new.ckpt", metadata={**METADATA, "format": 2})
+    elif case == "missing_entry":
+        paths["checkpoint"] = save_checkpoint(tmp / "partial.ckpt",
+                                              metadata={k: v for k, v in METADATA.items() if k != "spacing"})
     elif case == "baseline":
         paths["checkpoint"] = save_checkpoint(tmp / "syn.ckpt", metadata={**METADATA, "method": "syn", "net": None})
     elif case == "not_intermod":
@@ -319,7 +329,7 @@ def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
         paths["checkpoint"].write_text("not a checkpoint")
     elif case == "cuda":
         extra = ["--device", "cuda"]
-    named = {"missing_ct": "ct", "ct_nan": "ct", "mr_2d": "mr", "mr_4d": "mr", "no_overlap": "mr"}
+    named = {"missing_ct": "ct", "ct_nan": "ct", "mr_2d": "mr", "mr_4d": "mr", "mr_truncated": "mr", "no_overlap": "mr"}
     named = named.get(case, "checkpoint")
     arguments = ["--ct", paths["ct"], "--mr", paths["mr"], "--checkpoint", paths["checkpoint"], *extra]
     return arguments, "--device cuda" if case == "cuda" else str(paths[named])
@@ -339,6 +349,37 @@ def test_bad_input_gives_one_line_exit_2_and_leaves_out_untouched(data, tmp_path
     assert len(lines) == 1 and named in lines[0], stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_a_truncated_image_gives_one_line_exit_2_and_writes_nothing(data, tmp_path):
+    """A .nii.gz cut short (an interrupted copy): ITK reads it without a word, filling in what is missing;
+    the command must refuse it, naming the file, before anything is written."""
+    whole = tmp_path / "whole.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(data["ct"])), str(whole))
+    truncated = tmp_path / "ct.nii.gz"
+    truncated.write_bytes(whole.read_bytes()[:whole.stat().st_size * 3 // 4])
+    assert sitk.ReadImage(str(truncated)).GetSize() == sitk.ReadImage(str(whole)).GetSize()
+    out = tmp_path / "out"
+    code, stdout, stderr = run("--ct", truncated, "--mr", data["mr"], "--checkpoint", data["checkpoint"], "--out", out)
+    assert code == 2 and stdout == ""
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(f"intermod-register: error: {truncated}: file is truncated or corrupt (")
+    assert line.endswith("; copy or export it again")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "whole.nii.gz"]
+
+
+def test_the_command_imports_neither_lightning_nor_torchio(data, tmp_path):
+    """A fresh intermod-register process, run to the end, never loads the training stack (seconds of
+    start-up, and packages a user who only registers need not have)."""
+    script = ("import sys\nfrom intermod.cli.register import main\ncode = main(sys.argv[1:])\n"
+              "print(code, sorted({m.split('.')[0] for m in sys.modules}\n"
+              "                   & {'pytorch_lightning', 'lightning', 'lightning_fabric', 'torchio'}))")
+    command = [sys.executable, "-c", script, "--ct", str(data["ct"]), "--mr", str(data["mr"]),
+               "--checkpoint", str(data["checkpoint"]), "--out", str(tmp_path / "out"), "--no-affine"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "0 []"
+    assert (tmp_path / "out" / OUTPUT_NAMES["field"]).exists()
 
 
 def test_failure_while_writing_leaves_out_untouched(data, tmp_path, monkeypatch):

@@ -221,3 +221,10 @@ def test_the_cpu_recipe_trains_end_to_end_and_its_checkpoint_rebuilds_the_networ
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 10
     model = load_model(out / "checkpoints" / "best.ckpt", precision="fp32")
     assert model.net.net.field_resolution == "half" and not hasattr(model.net.net, "dec0")
+    # Unpickling what Lightning wrote must not load Lightning or TorchIO into intermod-register.
+    script = ("import sys\nfrom intermod.registration import load_model\nload_model(sys.argv[1])\n"
+              "print(sorted({m.split('.')[0] for m in sys.modules}\n"
+              "             & {'pytorch_lightning', 'lightning', 'lightning_fabric', 'torchio'}))")
+    loaded = subprocess.run([sys.executable, "-c", script, str(out / "checkpoints" / "best.ckpt")],
+                            capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.splitlines()[-1] == "[]", loaded.stderr[-2000:]

@@ -52,10 +52,15 @@ def test_summary_leaves_empty_organs_out_and_counts_the_rest():
     b = evaluate_subject(volumes(shift=0), None, LABELS, (1.0, 1.0, 1.0))
     b["organs"]["rectum"]["dice_after"] = math.nan  # as for an organ missing from one subject
     summary = summarise({"a": a, "b": b}, LABELS)
-    assert summary["bladder"]["dice_before"] == {"mean": pytest.approx(0.75), "std": pytest.approx(0.25), "n": 2}
-    assert summary["rectum"]["dice_after"]["n"] == 1
+    # the sample std (ddof=1), as Table 1's: 0.5 and 1.0 spread by sqrt(0.125), not 0.25
+    assert summary["bladder"]["dice_before"] == {"mean": pytest.approx(0.75), "std": pytest.approx(0.125 ** 0.5),
+                                                 "n": 2}
+    assert summary["rectum"]["dice_after"]["n"] == 1 and math.isnan(summary["rectum"]["dice_after"]["std"])
     table = format_table(summary)
-    assert "| bladder | 75.0 ± 25.0 | 100.0 ± 0.0 |" in table and "image similarity" not in table
+    assert "| bladder | 75.0 ± 35.4 | 100.0 ± 0.0 |" in table and "image similarity" not in table
+    assert "| rectum | 81.2 ± 26.5 | 100.0 ± n/a |" in table  # one subject left: no spread to show
+    assert table.splitlines()[-1] == ("Each cell: mean ± sample std (ddof=1) over the test subjects "
+                                      "(n/a for a single subject).")
 
 
 def test_subject_volumes_takes_the_arrays_out_of_a_batch_and_its_registration():

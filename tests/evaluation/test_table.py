@@ -197,6 +197,10 @@ def test_csv_and_latex_files_parse(tmp_path, capsys):
     assert "DSC (\\%)" in tex
     dice_row = next(line for line in tex.splitlines() if line.startswith("DSC"))
     assert dice_row.split(" & ")[-1].startswith("\\textbf{")  # dual has the highest Dice
+    # What ± means travels with the tabular (8 columns), as the Markdown says it under its title.
+    assert tex.splitlines()[-3:-1] == ["\\bottomrule", "\\multicolumn{8}{l}{\\footnotesize Each cell: mean $\\pm$ "
+                                       "sample std (ddof=1) over the test subjects of all folds pooled.} \\\\"]
+    assert "Each cell: mean ± sample std (ddof=1) over the test subjects" in (tmp_path / "out" / "t1.md").read_text()
     assert not list(tmp_path.glob("out/.t1*.tmp"))  # atomic writes leave no temporary file
 
 
