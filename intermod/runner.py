@@ -137,6 +137,10 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out))
+    if trainer.world_size > 1 and cfg.trainer.get("use_distributed_sampler", True):
+        # The patch queue gives each rank its own subjects; Lightning's sampler would shard its patches again.
+        raise RunError(f"trainer.use_distributed_sampler must be false with {trainer.world_size} processes: the patch "
+                       f"queue already gives each rank its own subjects (trainer=ddp and trainer=slurm set it)")
     last = ckpt_dir / "last.ckpt"
     resumed_from = str(last) if last.exists() else None
     if resumed_from:

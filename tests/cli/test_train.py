@@ -130,6 +130,14 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_runs_weights(tmp_path,
     assert dice(metrics) == pytest.approx(dice(whole))
 
 
+def test_a_strategy_that_would_shard_the_data_twice_is_refused(tmp_path, tiny_dataset):
+    result = train(tmp_path, tiny_dataset, "logger=none", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "trainer.sync_batchnorm=false", "trainer.use_distributed_sampler=true", check=False)
+    assert result.returncode == 2
+    assert "trainer.use_distributed_sampler must be false with 2 processes" in result.stderr
+    assert not (run_dir(tmp_path) / "metrics.json").exists()
+
+
 def test_bad_dataset_fails_with_a_clear_message(tmp_path, tiny_dataset):
     result = train(tmp_path, tmp_path / "nowhere", "logger=none", check=False)
     assert result.returncode != 0

@@ -1,3 +1,6 @@
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +117,37 @@ def test_no_ground_truth_field_is_none(tiny_dataset, tmp_path):
     subject = dm.labels and dm.split.test[0]
     (root / subject / "gt_field.nii.gz").unlink()
     assert dm.ground_truth_field(subject) is None
+
+
+SHARD_PROBE = """
+import json, sys
+import torch.distributed as dist
+from intermod.data.datamodule import PairedDataModule
+dist.init_process_group("gloo")
+datamodule = PairedDataModule(sys.argv[1], patch_size=16, margin=0, samples_per_volume=2, queue_length=4)
+queue = datamodule.train_dataloader().dataset
+patches = [queue[i] for i in range(len(queue))]
+print(json.dumps(sorted({(patch["subject_id"], bool(patch["flipped"])) for patch in patches})))
+"""
+
+
+def test_each_ddp_rank_draws_patches_from_its_own_subjects(tiny_dataset):
+    """Two gloo processes, as under trainer=ddp: the 6 training volumes (3 subjects, each also x-flipped)
+    are split 3 and 3, with none in both."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-c", SHARD_PROBE, str(tiny_dataset)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(rank)}) for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), [err[-2000:] for _, err in outputs]
+    shards = [{tuple(volume) for volume in json.loads(out.strip().splitlines()[-1])} for out, _ in outputs]
+    assert len(shards[0]) == len(shards[1]) == 3 and not shards[0] & shards[1]
+    datamodule = PairedDataModule(tiny_dataset)
+    datamodule.setup()
+    assert shards[0] | shards[1] == {(s, f) for s in datamodule.split.train for f in (False, True)}
