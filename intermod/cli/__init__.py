@@ -25,5 +25,14 @@ def run_variant(sweep_dir: str, task_overrides) -> str:
     return f"{variant}/" if variant else ""
 
 
+def network_margin(target: str) -> int:
+    """Voxels a valid-convolution network (its class ``target``) loses per side: what the training volumes are
+    padded by, so every voxel can be the centre of a patch's output."""
+    from hydra.utils import get_class
+
+    return int(get_class(target).margin)
+
+
+OmegaConf.register_new_resolver("network_margin", network_margin, replace=True)
 OmegaConf.register_new_resolver("bf16_where_native", bf16_where_native, replace=True)
 OmegaConf.register_new_resolver("run_variant", run_variant, replace=True)

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from hydra_compose import compose_train
 from omegaconf import OmegaConf
@@ -9,21 +10,35 @@ from omegaconf import OmegaConf
 from intermod.cli import CONF_DIR
 from intermod.data.datamodule import patch_shape
 from intermod.losses import RegistrationLoss
+from intermod.networks.unet import RegistrationUNet
 
 GROUP = lambda group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))  # noqa: E731
 
 
 @pytest.mark.parametrize("experiment", GROUP("experiment"))
-def test_every_experiment_composes_and_instantiates(experiment):
-    cfg = compose_train([f"experiment={experiment}"])
+def test_every_experiment_instantiates_its_data_model_trainer_and_loggers(experiment, tmp_path):
+    # Without a GPU, GPU experiments' trainers are built on the CPU: everything else as configured.
+    cpu = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu", "trainer.devices=1"]
+    cfg = compose_train([f"experiment={experiment}", *cpu])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.name and cfg.method.name
     patch = patch_shape(OmegaConf.to_container(cfg.data)["patch_size"])
     data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "synthesize"}
-    assert instantiate(data).patch_size == patch
+    datamodule = instantiate(data)
+    assert datamodule.patch_size == patch and datamodule.margin == RegistrationUNet.margin  # the network's
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels={"bladder": 1})
-    assert [module.net.output_size(n) for n in patch] == [n - 40 for n in patch]
+    assert [module.net.output_size(n) for n in patch] == [n - 2 * datamodule.margin for n in patch]
     assert module.configure_optimizers() is not None  # schedules resolve their step counts
+    loggers = [instantiate(logger, save_dir=str(tmp_path)) for logger in (cfg.logger or {}).values()]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, default_root_dir=str(tmp_path))
+    assert trainer.max_epochs == cfg.trainer.max_epochs and trainer.max_steps == cfg.trainer.get("max_steps", -1)
+
+
+def test_table1_is_the_paper_s_protocol_swept():
+    paper, table1 = compose_train(["experiment=paper"]), compose_train(["experiment=table1"])
+    for key in ("data", "model", "trainer", "method"):
+        assert table1[key] == paper[key], key
+    assert table1.early_stopping_patience == paper.early_stopping_patience == 4
 
 
 @pytest.mark.parametrize("method", GROUP("method"))
