@@ -57,6 +57,11 @@ def swept_values(task_overrides: Iterable[str], keys: Iterable[str]) -> dict[str
     return dict(sorted((k, v) for k, v in pairs if k in keys and k not in IDENTITY_KEYS and not _neutral(k)))
 
 
+def job_swept_values(sweep_dir: str | Path, task_overrides: Iterable[str]) -> dict[str, str]:
+    """A multirun job's swept values: its ``task_overrides`` of the keys its sweep (``sweep_dir``) varies."""
+    return swept_values(task_overrides, swept_keys(sweep_dir))
+
+
 def variant_dirname(values: Mapping[str, str]) -> str:
     """A readable folder name for the swept values ('' for none), e.g. 'method.loss.lambda_l2=0.1';
     characters a path cannot hold become '_', and a long name is cut and made unique by a short hash."""

@@ -19,9 +19,9 @@ def bf16_where_native(accelerator: str = "auto") -> str:
 
 def run_variant(sweep_dir: str, task_overrides) -> str:
     """The run folder's level for a multirun job's swept values ('key=value,.../'), '' when it has none."""
-    from intermod.runs import swept_keys, swept_values, variant_dirname
+    from intermod.runs import job_swept_values, variant_dirname
 
-    variant = variant_dirname(swept_values(task_overrides or (), swept_keys(sweep_dir)))
+    variant = variant_dirname(job_swept_values(sweep_dir, task_overrides or ()))
     return f"{variant}/" if variant else ""
 
 

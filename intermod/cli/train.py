@@ -15,20 +15,20 @@ from omegaconf import DictConfig
 
 from intermod.cli import CONF_DIR
 from intermod.runner import RunError, run
-from intermod.runs import swept_keys, swept_values
+from intermod.runs import job_swept_values
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode.name == "MULTIRUN"
     try:
-        hydra_cfg = HydraConfig.get()
-        multirun = hydra_cfg.mode.name == "MULTIRUN"
-        swept = swept_values(hydra_cfg.overrides.task, swept_keys(hydra_cfg.sweep.dir)) if multirun else {}
+        swept = job_swept_values(hydra_cfg.sweep.dir, hydra_cfg.overrides.task) if multirun else {}
         result = run(cfg, hydra_cfg.runtime.output_dir, swept)
     except RunError as err:
         print(f"intermod-train: {err}", file=sys.stderr)
-        if HydraConfig.get().mode.name == "MULTIRUN":
+        if multirun:
             return None  # the run folder records the failure (failed.json); the sweep goes on
         sys.exit(2)
     print(f"intermod-train: done in {time.perf_counter() - start:.0f} s")

@@ -9,8 +9,8 @@ label map) are left out of the statistics and counted. Beside the methods stand 
 read from the same files: Before (no registration) and, on a phantom, Ground truth (its exact field).
 
 A reference column (Dual by default, or any column named) is compared with every other by a two-sided
-paired Wilcoxon signed-rank test per organ and metric, pairing by (fold, subject). Failed, corrupt and missing jobs are listed, never averaged
-over silently.
+paired Wilcoxon signed-rank test per organ and metric, pairing by (fold, subject). Failed, corrupt and
+missing jobs are listed, never averaged over silently.
 """
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ class Problem:
 
 @dataclass
 class Collection:
-    """Everything found under a multirun folder."""
-    root: Path
+    """Everything found under the multirun folders read."""
+    roots: list[Path]
     jobs: list[Job]
     problems: list[Problem]
 
@@ -137,7 +137,7 @@ class Coverage:
 @dataclass
 class Table1:
     """The aggregated table, ready to be written."""
-    root: Path
+    roots: list[Path]  # the folders its jobs were read from
     methods: list[str]
     organs: list[str]
     blocks: list[tuple[Metric, list[str]]]  # each metric with its rows (organs, or IMAGE_ROW)
@@ -244,7 +244,7 @@ def collect(*multirun_dirs: str | Path) -> Collection:
         detail = f" ({len(problems)} failed or corrupt job(s))" if problems else ""
         verb = "holds" if len(roots) == 1 else "hold"
         raise NoResultsError(f"{', '.join(map(str, roots))} {verb} no readable {METRICS_FILE}{detail}")
-    return Collection(roots[0] if len(roots) == 1 else Path(", ".join(map(str, roots))), jobs, problems)
+    return Collection(roots, jobs, problems)
 
 
 # ---------------------------------------------------------------- aggregating
@@ -362,7 +362,7 @@ def build_table(collection: Collection, methods: list[str] | None = None, refere
                 for method in columns:
                     if method != reference:
                         pvalues[m.key, row, method] = paired_wilcoxon(per_method[reference], per_method[method])
-    return Table1(root=collection.root, methods=columns, organs=organs, blocks=blocks, folds=folds, cells=cells,
+    return Table1(roots=collection.roots, methods=columns, organs=organs, blocks=blocks, folds=folds, cells=cells,
                   pvalues=pvalues, coverage={method: _coverage(jobs, method) for method in columns},
                   problems=_missing(collection, columns, folds), reference=reference, notes=_notes(jobs, columns))
 
@@ -376,8 +376,9 @@ def display_name(column: str) -> str:
     name = DISPLAY.get(method, method)
     if not swept:
         return name
-    values = [re.split(r"[./]", item.split("=", 1)[0])[-1] + "=" + item.split("=", 1)[1]
-              for item in swept.rstrip("]").split(",") if "=" in item]
+    # a comma starts a new item only where a key follows: list values such as [84,84,60] keep theirs
+    items = re.split(r",(?=[\w./+~-]+=)", swept.removesuffix("]"))
+    values = [re.split(r"[./]", key)[-1] + "=" + value for key, _, value in (item.partition("=") for item in items)]
     return f"{name}, {', '.join(values)}"
 
 
@@ -480,7 +481,7 @@ def to_markdown(table: Table1) -> str:
     """The whole report: results, samples, p-values, missing jobs, and the paper's Table 1."""
     shown = ", ".join(m.label + (f" ({m.unit})" if m.unit and m.unit not in m.label else "") for m, _ in table.blocks)
     lines = [f"# Table 1: {shown} after registration", "",
-             f"From `{table.root}`. Each cell: mean ± {SPREAD} over the test subjects of all folds "
+             f"From {', '.join(f'`{root}`' for root in table.roots)}. Each cell: mean ± {SPREAD} over the test subjects of all folds "
              f"pooled; best of each row in bold (lowest ASD, highest of the others).", "",
              *_results_markdown(table), "", *_coverage_lines(table), *[f"- Note: {n}" for n in table.notes], "",
              f"## Paired Wilcoxon signed-rank tests, {display_name(table.reference or REFERENCE_METHOD)} vs each method "
@@ -568,7 +569,7 @@ def log_to_wandb(table: Table1, out_dir: str | Path, name: str = "table1") -> Pa
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     header, rows = csv_rows(table)
     run = wandb.init(project="intermod", job_type="table1", dir=str(out_dir), name=name,
-                     config={"multirun_dir": str(table.root), "methods": table.methods})
+                     config={"multirun_dir": ", ".join(map(str, table.roots)), "methods": table.methods})
     try:
         run.log({name: wandb.Table(columns=header, data=[[None if v == "" else v for v in r] for r in rows])})
         return Path(run.dir).parent

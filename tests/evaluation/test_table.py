@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from intermod.cli.table1 import main
-from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, IMAGE_ROW, build_table, collect, paired_wilcoxon,
-                                      to_latex, to_markdown)
+from intermod.evaluation.table import (ALL_ZERO, FEW_PAIRS, IMAGE_ROW, build_table, collect, display_name,
+                                      paired_wilcoxon, to_latex, to_markdown)
 
 PELVIS = ("bladder", "prostate", "rectum")
 
@@ -340,8 +340,17 @@ def test_an_ablation_gets_a_column_per_swept_value_tested_against_the_reference_
     assert main([str(tmp_path), "--reference", "nope", "--out-dir", str(tmp_path / "out")]) == 2
 
 
+def test_a_swept_columns_display_name_keeps_list_values_whole():
+    assert display_name("dual") == "Dual" and display_name("syn") == "SyN"
+    assert display_name("dual[data.patch_size=[84,84,60],method.loss.lambda_l2=0.1]") == (
+        "Dual, patch_size=[84,84,60], lambda_l2=0.1")
+    assert display_name("dual[model/optimizer=adamw]") == "Dual, optimizer=adamw"
+
+
 def test_jobs_of_one_sweep_run_in_several_places_make_one_table(tmp_path):
     write_job(tmp_path / "here", "affine", 0, {"sub-a": same_for_all(0.8, 2.0)})
     write_job(tmp_path / "committed", "dual", 0, {"sub-a": same_for_all(0.9, 1.0)})
     table = build_table(collect(tmp_path / "here", tmp_path / "committed"))
     assert table.methods == ["before", "affine", "dual"] and not table.problems
+    assert table.roots == [tmp_path / "here", tmp_path / "committed"]
+    assert f"From `{tmp_path / 'here'}`, `{tmp_path / 'committed'}`." in to_markdown(table)
