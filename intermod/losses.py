@@ -1,10 +1,12 @@
 """Training losses of Cao et al. 2018 (Sec. 2.1): intra-modality dissimilarity (Eqs. 2-3), the
 smoothness regulariser (Eq. 4), and a Parzen-window mutual information for the inter-modality
-baseline. Every function returns one value per sample, shape (B,); :class:`RegistrationLoss`
-averages over the batch.
+baseline; the MIND-SSC descriptor, which makes CT and MR comparable without paired data (test-time
+refinement). Every loss returns one value per sample, shape (B,); :class:`RegistrationLoss` averages
+over the batch.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -13,7 +15,8 @@ from torch import Tensor, nn
 
 from intermod.spatial import crop_center, warp
 
-__all__ = ["ncc", "local_ncc", "laplacian", "smoothness", "parzen_mutual_information", "RegistrationLoss"]
+__all__ = ["ncc", "local_ncc", "laplacian", "smoothness", "parzen_mutual_information", "mind_ssc",
+           "RegistrationLoss"]
 
 
 def _check_pair(a: Tensor, b: Tensor, name: str) -> None:
@@ -124,6 +127,40 @@ def parzen_mutual_information(a: Tensor, b: Tensor, bins: int = 32, sigma: float
     p_a = p_ab.sum(2, keepdim=True)
     p_b = p_ab.sum(1, keepdim=True)
     return (p_ab * (torch.log(p_ab + eps) - torch.log(p_a * p_b + eps))).sum((1, 2))
+
+
+def mind_ssc(image: Tensor, radius: int = 1, dilation: int = 2) -> Tensor:
+    """MIND-SSC (Heinrich et al., MICCAI 2013): a 12-channel descriptor of local self-similarity per voxel.
+
+    Channel k compares the patches (``2 * radius + 1``)^3 around two of the six neighbours at distance
+    ``dilation`` that are not opposite (12 such pairs): exp(-D_k / V), D_k their mean squared difference
+    and V the mean of D over the channels (clamped to [1e-3, 1e3] times its image mean, so flat regions
+    do not divide by ~0), after subtracting the smallest D. Unchanged by I -> a I + b for any a != 0,
+    so an inverted contrast gives the same descriptor: what lets a CT and an MR be compared with a
+    squared difference. Input (B, 1, X, Y, Z), output (B, 12, X, Y, Z) in (0, 1]; borders replicate.
+    """
+    if image.ndim != 5 or image.shape[1] != 1:
+        raise ValueError(f"mind_ssc: expected a (B, 1, X, Y, Z) image, got shape {tuple(image.shape)}")
+    if radius < 0 or dilation < 1:
+        raise ValueError(f"mind_ssc: need radius >= 0 and dilation >= 1, got {radius} and {dilation}")
+    size = image.shape[2:]
+    padded = F.pad(image, (dilation,) * 6, mode="replicate")
+
+    def shifted(offset: tuple[int, int, int]) -> Tensor:
+        starts = [dilation + o for o in offset]
+        return padded[..., starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1], starts[2]:starts[2] + size[2]]
+
+    six = [tuple(dilation * sign * (axis == d) for d in range(3)) for axis in range(3) for sign in (1, -1)]
+    pairs = [(a, b) for a, b in itertools.combinations(six, 2) if any(x + y for x, y in zip(a, b))]
+    squared = torch.cat([(shifted(a) - shifted(b)).pow(2) for a, b in pairs], 1)
+    if radius:
+        squared = F.avg_pool3d(F.pad(squared, (radius,) * 6, mode="replicate"), 2 * radius + 1, stride=1)
+    distance = squared - squared.min(1, keepdim=True).values
+    variance = distance.mean(1, keepdim=True)
+    scale = variance.mean((2, 3, 4), keepdim=True)
+    variance = torch.maximum(torch.minimum(variance, 1e3 * scale), 1e-3 * scale)
+    # A floor, not an added eps, keeps the descriptor scale-free; it only acts on a constant image (D = 0).
+    return torch.exp(-distance / variance.clamp_min(torch.finfo(variance.dtype).tiny))
 
 
 class RegistrationLoss(nn.Module):
