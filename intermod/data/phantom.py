@@ -65,9 +65,10 @@ import numpy as np
 from scipy import ndimage
 
 from intermod.evaluation.metrics import dice, ncc
+from intermod.spatial_numpy import warp_array
 
 __all__ = ["Grid", "GRIDS", "LABELS", "TISSUES", "Deformation", "Phantom", "synthesize_subject",
-           "synthesize_phantom", "difficulty_report", "warp_array", "grid_points"]
+           "synthesize_phantom", "difficulty_report", "grid_points"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ _CHUNK = 32768           # points per block when evaluating bumps, to stay in ca
 
 
 # --------------------------------------------------------------------------------------------------
-# Grids, warping, similarity
+# Grids
 
 def _axes(grid: Grid) -> list[np.ndarray]:
     """Physical voxel-centre coordinates (mm) per axis, the volume centred on the origin."""
@@ -132,14 +133,6 @@ def grid_points(grid: Grid) -> np.ndarray:
     """All voxel centres of ``grid`` as a (3, N) float32 array in mm (C order over X, Y, Z)."""
     mesh = np.meshgrid(*_axes(grid), indexing="ij")
     return np.stack([m.ravel() for m in mesh])
-
-
-def warp_array(image: np.ndarray, field: np.ndarray, order: int = 1) -> np.ndarray:
-    """Pull-back warp ``image(x + field(x))``; ``field`` is (X, Y, Z, 3) in voxels. Order 1 for
-    images (trilinear), 0 for labels (nearest); edges replicate (mode='nearest')."""
-    coords = np.indices(image.shape, dtype=np.float32)
-    coords += np.moveaxis(field, -1, 0)
-    return ndimage.map_coordinates(image, coords, order=order, mode="nearest", output=image.dtype)
 
 
 def _upsample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
