@@ -75,8 +75,8 @@ import numpy as np
 from intermod.baselines.ants import DEFAULT_OPTIONS, ants_random_seed, ants_workdir, run_in_child
 from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, DatasetSpec, file_name, load_dataset,
                                   replace_folder, write_dataset_json, write_subject, write_volumes)
-from intermod.evaluation.metrics import dice, folding_statistics, histogram_mutual_information, ncc
 from intermod.io import atomic_write_json
+from intermod.metrics import dice, folding_statistics, histogram_mutual_information, ncc
 from intermod.spatial_numpy import warp_array
 
 SOURCE_KEYS = ("ct", "mr", "ct_labels", "mr_labels")

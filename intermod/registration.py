@@ -36,10 +36,10 @@ import torch
 import intermod
 from intermod.baselines.ants import ants_random_seed, ants_workdir
 from intermod.checkpoint import CheckpointError, read_metadata
-from intermod.evaluation.metrics import folding_statistics, histogram_mutual_information, organ_metrics
 from intermod.geometry import (InputError, field_image, index_to_physical, read_image, reference_grid, resample,
                                to_array, voxel_to_lps, write_displacement_field)
 from intermod.inference import InferenceNetwork, predict_field, resolve_precision
+from intermod.metrics import folding_statistics, histogram_mutual_information, organ_metrics
 from intermod.networks.unet import RegistrationUNet
 from intermod.preprocessing import normalise_ct, normalise_mr
 from intermod.spatial import warp

@@ -18,7 +18,7 @@ import intermod.pairing as pairing
 from intermod.cli.pair import main
 from intermod.cli.synth import synthesize_dataset
 from intermod.data.layout import check_dataset
-from intermod.evaluation.metrics import ncc
+from intermod.metrics import ncc
 from intermod.pairing import REPORT
 
 

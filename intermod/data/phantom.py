@@ -64,7 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from intermod.evaluation.metrics import dice, ncc
+from intermod.metrics import dice, ncc
 from intermod.spatial_numpy import warp_array
 
 __all__ = ["Grid", "GRIDS", "LABELS", "TISSUES", "Deformation", "Phantom", "synthesize_subject",

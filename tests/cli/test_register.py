@@ -24,9 +24,9 @@ import torchio as tio
 
 from intermod.cli.register import main
 from intermod.data.datamodule import Normalisation
-from intermod.evaluation.metrics import dice
 from intermod.geometry import index_to_physical, lps_to_voxel, read_displacement_field, to_array
 from intermod.inference import predict_field, resolve_precision
+from intermod.metrics import dice
 from intermod.networks.unet import RegistrationUNet
 from intermod.registration import OUTPUT_NAMES, load_model, register_files
 from intermod.spatial import warp_labels

@@ -95,7 +95,7 @@ def test_queue_cuts_per_axis_patches(tiny_dataset):
 
 
 def test_ground_truth_field_warps_the_mr_onto_its_paired_version(datamodule):
-    from intermod.evaluation.metrics import ncc
+    from intermod.metrics import ncc
     from intermod.spatial import warp
 
     batch = next(iter(datamodule.test_dataloader()))

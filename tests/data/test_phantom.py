@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from intermod.data import phantom as P
 from intermod.data.phantom import GRIDS, LABELS, TISSUES, difficulty_report, synthesize_subject
-from intermod.evaluation.metrics import dice, jacobian_determinant
+from intermod.metrics import dice, jacobian_determinant
 from intermod.spatial_numpy import warp_array
 
 SMALL_SEEDS = (0, 1, 2, 3)
