@@ -16,8 +16,8 @@ import pytest
 
 import intermod.pairing as pairing
 from intermod.cli.pair import main
-from intermod.cli.synth import synthesize_dataset
 from intermod.data.layout import check_dataset
+from intermod.data.synthesis import synthesize_dataset
 from intermod.metrics import ncc
 from intermod.pairing import REPORT
 

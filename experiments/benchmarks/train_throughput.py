@@ -39,9 +39,9 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from intermod.cli import CONF_DIR
-from intermod.cli.synth import synthesize_dataset
 from intermod.data.datamodule import PairedDataModule
 from intermod.data.gpu_sampler import DevicePatchDataModule, DevicePatches
+from intermod.data.synthesis import synthesize_dataset
 from intermod.io import atomic_write_json, atomic_write_text
 from intermod.losses import RegistrationLoss
 from intermod.module import RegistrationModule

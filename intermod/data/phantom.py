@@ -68,7 +68,7 @@ from intermod.metrics import dice, ncc
 from intermod.spatial_numpy import warp_array
 
 __all__ = ["Grid", "GRIDS", "LABELS", "TISSUES", "Deformation", "Phantom", "synthesize_subject",
-           "synthesize_phantom", "difficulty_report", "grid_points"]
+           "synthesize_phantom", "difficulty_report", "grid_points", "grid_affine"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,13 @@ def grid_points(grid: Grid) -> np.ndarray:
     """All voxel centres of ``grid`` as a (3, N) float32 array in mm (C order over X, Y, Z)."""
     mesh = np.meshgrid(*_axes(grid), indexing="ij")
     return np.stack([m.ravel() for m in mesh])
+
+
+def grid_affine(grid: Grid) -> np.ndarray:
+    """RAS affine with the volume centred on the origin (the voxel centres of :func:`grid_points`)."""
+    affine = np.diag([*grid.spacing, 1.0])
+    affine[:3, 3] = -(np.array(grid.shape) - 1) / 2 * np.array(grid.spacing)
+    return affine
 
 
 def _upsample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
