@@ -73,20 +73,17 @@ import nibabel as nib
 import numpy as np
 
 from intermod.baselines.ants import DEFAULT_OPTIONS, ants_random_seed, ants_workdir, run_in_child
-from intermod.data.layout import (DATASET_JSON, LABEL_KEYS, DatasetError, DatasetSpec, file_name, load_dataset,
-                                  replace_folder, write_dataset_json, write_subject, write_volumes)
+from intermod.data.layout import DATASET_JSON, DatasetError, replace_folder, write_dataset_json, write_subject
+from intermod.data.source import SOURCE_KEYS, Source, check_source_subject, read_source
 from intermod.io import atomic_write_json
 from intermod.metrics import dice, folding_statistics, histogram_mutual_information, ncc
 from intermod.spatial_numpy import warp_array
 
-SOURCE_KEYS = ("ct", "mr", "ct_labels", "mr_labels")
-PROVIDABLE_KEYS = ("ct_paired", "mr_paired")
 TRANSFORMS_DIR = "transforms"
 RECORD = "pairing.json"
 REPORT = "pairing_report.json"
 DEFAULT_THRESHOLD = 0.95
 STAGING_PREFIX = ".intermod-pair-"
-MAX_LABEL_VALUE = 255  # the layout stores label maps as uint8
 # dataset.json keys the layout writer sets itself; everything else in the source's is carried over.
 _LAYOUT_META = {"version", "labels", "modalities", "spacing", "subjects", "files"}
 
@@ -120,90 +117,6 @@ class PairingOptions:
             raise PairingInputError(f"threads must be >= 1 or None, got {self.threads}")
 
 
-@dataclass(frozen=True)
-class Source(DatasetSpec):
-    """A dataset to pair: dataset.json and, per subject, ``SOURCE_KEYS`` (+ provided pairs)."""
-
-    @property
-    def provided(self) -> tuple[str, ...]:
-        return tuple(self.meta.get("provided_pairs", ()))
-
-
-# --------------------------------------------------------------------------------------------------
-# The source dataset
-
-def read_source(root: str | Path) -> Source:
-    """Read ``root/dataset.json`` (labels, subjects); raise PairingInputError naming the file."""
-    try:
-        spec = load_dataset(root)
-    except DatasetError as err:
-        raise PairingInputError(str(err)) from None
-    source = Source(**vars(spec))
-    unknown = sorted(set(source.provided) - set(PROVIDABLE_KEYS))
-    if unknown:
-        raise PairingInputError(f"{spec.root / DATASET_JSON}: 'provided_pairs' may hold only "
-                                f"{list(PROVIDABLE_KEYS)}, got {unknown}")
-    if set(source.provided) == set(PROVIDABLE_KEYS):
-        raise PairingInputError(f"{spec.root / DATASET_JSON}: both pairs are provided; nothing to pair")
-    too_large = {k: v for k, v in source.labels.items() if v > MAX_LABEL_VALUE}
-    if too_large:
-        raise PairingInputError(f"{spec.root / DATASET_JSON}: label values must be <= {MAX_LABEL_VALUE} "
-                                f"(label maps are stored as uint8), got {too_large}")
-    return source
-
-
-def write_source_subject(root: str | Path, subject: str, arrays: dict[str, np.ndarray], affine: np.ndarray) -> Path:
-    """Write one subject of a dataset to pair (``SOURCE_KEYS``, optionally provided pairs), all with
-    ``affine``, atomically: a hidden folder renamed at the end (the importers' writer)."""
-    missing = [k for k in SOURCE_KEYS if k not in arrays]
-    unknown = sorted(set(arrays) - set(SOURCE_KEYS + PROVIDABLE_KEYS))
-    if missing or unknown:
-        raise ValueError(f"subject {subject}: missing arrays {missing}, unknown arrays {unknown}")
-    for key in LABEL_KEYS:
-        if arrays[key].min() < 0 or arrays[key].max() > MAX_LABEL_VALUE:
-            raise ValueError(f"subject {subject}: {key} values must lie in [0, {MAX_LABEL_VALUE}]")
-    return write_volumes(root, subject, arrays, affine)
-
-
-def _same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
-    return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=1e-3)
-
-
-def check_source_subject(source: Source, subject: str) -> list[str]:
-    """Every problem of one source subject, each naming its file: missing or unreadable files, label
-    maps off their image's grid, undeclared label values, provided pairs off the CT grid."""
-    keys = SOURCE_KEYS + source.provided
-    images, problems = {}, []
-    for key in keys:
-        path = source.path(subject, key)
-        if not path.is_file():
-            problems.append(f"{path}: missing (a subject to pair needs "
-                            f"{', '.join(file_name(k) for k in keys)})")
-            continue
-        try:
-            images[key] = nib.load(str(path))
-        except Exception as err:  # nibabel raises many types for corrupt files
-            problems.append(f"{path}: unreadable ({type(err).__name__}: {err})")
-            continue
-        if len(images[key].shape) != 3:
-            problems.append(f"{path}: shape {images[key].shape} is not a 3D volume")
-            images.pop(key)
-    grids = [("ct_labels", "ct"), ("mr_labels", "mr")] + [(key, "ct") for key in source.provided]
-    for key, reference in grids:
-        if key in images and reference in images and not _same_grid(images[key], images[reference]):
-            problems.append(f"{source.path(subject, key)}: not on the grid of {file_name(reference)} "
-                            f"(shape and affine must match)")
-    allowed = set(source.labels.values()) | {0}
-    for key in ("ct_labels", "mr_labels"):
-        if key in images:
-            values = np.unique(np.asanyarray(images[key].dataobj))
-            unknown = sorted(set(values.tolist()) - allowed)
-            if unknown:
-                problems.append(f"{source.path(subject, key)}: label values {unknown} are not declared in "
-                                f"dataset.json labels {source.labels}")
-    return problems
-
-
 # --------------------------------------------------------------------------------------------------
 # Pairing a dataset
 
@@ -215,7 +128,10 @@ def pair_dataset(src: str | Path, dst: str | Path, options: PairingOptions = Pai
     first problem and counting the others). Finished subjects in ``dst`` are kept unless ``force``;
     their gate is re-evaluated with ``options.threshold``.
     """
-    source = read_source(src)
+    try:
+        source = read_source(src)
+    except DatasetError as err:
+        raise PairingInputError(str(err)) from None
     dst = Path(dst)
     if dst.resolve() == source.root.resolve():
         raise PairingInputError(f"{dst}: the output folder must differ from the source folder")
