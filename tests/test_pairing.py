@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import intermod.pairing as pairing
+import intermod.pairing.dataset as pairing  # where write_subject is looked up
 from intermod.cli.pair import main
 from intermod.data.layout import check_dataset
 from intermod.data.synthesis import synthesize_dataset
