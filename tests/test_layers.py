@@ -125,7 +125,7 @@ def test_the_scan_sees_top_level_lazy_and_named_imports():
     assert "intermod.data.layout" in imports["intermod.runner"]  # at the top
     assert "intermod.data.synthesis" in imports["intermod.runner"]  # inside ensure_dataset
     assert "intermod.importers.goldatlas" in imports["intermod.importers"]  # by name, for importlib
-    assert "intermod.networks.unet" in imports["intermod.registration"]
+    assert "intermod.networks.unet" in imports["intermod.registration.model"]
 
 
 @pytest.mark.parametrize("source, expected", [

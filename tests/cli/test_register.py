@@ -263,7 +263,7 @@ def test_checkpoint_rebuilds_the_network_with_every_recorded_argument(tmp_path):
 
 def test_ct_padding_is_air_before_any_stage_sees_it(data, monkeypatch):
     """-2048 outside the scan circle must reach neither the pre-alignment nor the network as tissue."""
-    import intermod.registration as registration
+    import intermod.registration.pipeline as registration  # where prealign is looked up
 
     seen = {}
 
@@ -383,7 +383,7 @@ def test_the_command_imports_neither_lightning_nor_torchio(data, tmp_path):
 
 
 def test_failure_while_writing_leaves_out_untouched(data, tmp_path, monkeypatch):
-    import intermod.registration as registration
+    import intermod.registration.outputs as registration  # where write_displacement_field is looked up
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
