@@ -1,5 +1,7 @@
-"""Implicit shapes of the anatomy: each has a bounding box (lo, hi in mm) and sdf(p), an approximate signed
-distance in mm (negative inside) for a tuple p of three broadcastable coordinate arrays."""
+"""Implicit shapes of the anatomy, each with a bounding box and an approximate signed distance in mm.
+
+``bbox`` is (lo, hi) in mm; ``sdf(p)`` is negative inside, for a tuple p of three broadcastable coordinate arrays.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
