@@ -65,12 +65,6 @@ class RegistrationModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=phi.shape[0])
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        # A DDP subject sampler inside the patch queue reshuffles only when told the epoch.
-        sampler = getattr(self.trainer.train_dataloader.dataset, "subject_sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.current_epoch)
-
     def register_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         """The whole-volume field, warped MR and warped MR labels of a validation/test batch."""
         return register_volumes(self.net, batch["ct"], batch["mr"], batch["mr_labels"], self.inference)

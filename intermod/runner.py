@@ -61,7 +61,7 @@ def ensure_dataset(data_cfg: DictConfig) -> Path:
     root = Path(data_cfg.root)
     synth = data_cfg.get("synthesize")
     if not (root / "dataset.json").exists() and synth is not None:
-        from intermod.cli.synth import synthesize_dataset
+        from intermod.data.synthesis import synthesize_dataset
 
         with file_lock(root.parent / f".{root.name}.lock"):
             if not (root / "dataset.json").exists():

@@ -13,7 +13,7 @@ REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Six phantom subjects on the 'tiny' grid (55 x 49 x 25 at 4 mm, the paper's field of view)."""
-    from intermod.cli.synth import synthesize_dataset
+    from intermod.data.synthesis import synthesize_dataset
 
     root = tmp_path_factory.mktemp("data") / "phantom_tiny"
     synthesize_dataset(root, n_subjects=6, grid="tiny", seed=0, workers=2)

@@ -113,7 +113,7 @@ def test_autocast_bf16_validation_on_a_grid_wider_than_256_gives_the_fp32_dice()
     """Under trainer.precision=bf16-mixed validation runs in autocast: the field comes out in bfloat16, and
     positions formed in bfloat16 would round to whole voxels above 256. Labels warped through
     register_volumes must match float32's."""
-    from intermod.evaluation.metrics import dice
+    from intermod.metrics import dice
 
     torch.manual_seed(5)
     net = RegistrationUNet(widths=(4, 8, 8), field_resolution="half").eval()

@@ -14,11 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import intermod.pairing as pairing
+import intermod.pairing.dataset as pairing  # where write_subject is looked up
 from intermod.cli.pair import main
-from intermod.cli.synth import synthesize_dataset
 from intermod.data.layout import check_dataset
-from intermod.evaluation.metrics import ncc
+from intermod.data.synthesis import synthesize_dataset
+from intermod.metrics import ncc
 from intermod.pairing import REPORT
 
 

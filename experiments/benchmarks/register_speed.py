@@ -32,8 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from intermod.checkpoint import CheckpointMetadata, write_metadata  # noqa: E402
-from intermod.cli.synth import grid_affine  # noqa: E402
-from intermod.data.phantom import GRIDS, synthesize_subject  # noqa: E402
+from intermod.data.phantom import GRIDS, grid_affine, synthesize_subject  # noqa: E402
 from intermod.geometry import read_image, to_array  # noqa: E402
 from intermod.inference import predict_field, resolve_precision  # noqa: E402
 from intermod.io import atomic_write_text  # noqa: E402

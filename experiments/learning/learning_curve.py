@@ -30,8 +30,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from intermod.cli import CONF_DIR
-from intermod.evaluation.metrics import dice
 from intermod.io import atomic_write_json, atomic_write_text
+from intermod.metrics import dice
 from intermod.runner import ensure_dataset, make_datamodule, make_module
 from intermod.spatial import warp_labels
 

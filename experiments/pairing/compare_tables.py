@@ -16,8 +16,9 @@ import math
 import time
 from pathlib import Path
 
-from intermod.evaluation.table import (METRICS, Metric, NoResultsError, build_table, cell_statistics, collect,
-                                       display_name, format_cell, format_p, paired_wilcoxon, subject_values)
+from intermod.evaluation.report import Metric
+from intermod.evaluation.table import (METRICS, NoResultsError, build_table, cell_statistics, collect, display_name,
+                                       format_cell, format_p, paired_wilcoxon, subject_values)
 from intermod.io import atomic_write_text
 
 

@@ -69,13 +69,21 @@ class EpochSeededLoader(DataLoader):
     """A DataLoader that reseeds Python's, NumPy's and torch's generators from (seed, global step, rank)
     whenever an epoch's iteration begins, so an epoch's patches depend on nothing before it: a run resumed
     from an end-of-epoch checkpoint draws what the uninterrupted run drew, and ends with its weights.
-    (The step, not the epoch: Lightning resumes such a checkpoint before counting its epoch as done.)"""
+    (The step, not the epoch: Lightning resumes such a checkpoint before counting its epoch as done.)
 
-    def __init__(self, *args, seed: int = 0, position: Callable[[], tuple[int, int]] = lambda: (0, 0), **kwargs):
+    ``subject_sampler`` (the DDP sampler inside the patch queue, out of reach of Lightning's own
+    ``set_epoch`` call, which sees only this loader's sampler) is told ``epoch()`` then too: it reshuffles
+    the subjects only when told."""
+
+    def __init__(self, *args, seed: int = 0, position: Callable[[], tuple[int, int]] = lambda: (0, 0),
+                 epoch: Callable[[], int] = lambda: 0, subject_sampler: DistributedSampler | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed, self.position = seed, position
+        self.epoch, self.subject_sampler = epoch, subject_sampler
 
     def __iter__(self):
+        if self.subject_sampler is not None:
+            self.subject_sampler.set_epoch(self.epoch())
         epoch_seed = int(np.random.SeedSequence([self.seed, *self.position()]).generate_state(1)[0])
         random.seed(epoch_seed)
         np.random.seed(epoch_seed)
@@ -205,11 +213,16 @@ class PairedDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers)
         # The queue owns the workers and the shuffling; this loader only batches (and seeds each epoch).
         return EpochSeededLoader(queue, batch_size=self.batch_size, num_workers=0, collate_fn=collate_patches,
-                                 pin_memory=self.pin_memory, seed=self.seed, position=self._step_and_rank)
+                                 pin_memory=self.pin_memory, seed=self.seed, position=self._step_and_rank,
+                                 epoch=self._epoch, subject_sampler=subject_sampler)
 
     def _step_and_rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         return (trainer.global_step, trainer.global_rank) if trainer is not None else (0, 0)
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.current_epoch if trainer is not None else 0
 
     def _whole_volume_loader(self, names: Sequence[str]) -> DataLoader:
         self.setup()

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: figures go to files and dashboards, never to 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from intermod.evaluation.metrics import jacobian_determinant  # noqa: E402
+from intermod.metrics import jacobian_determinant  # noqa: E402
 
 ORGAN_COLOURS = ("#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}

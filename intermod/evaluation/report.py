@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from intermod.evaluation.metrics import folding_statistics, histogram_mutual_information, ncc, organ_metrics
+from intermod.metrics import folding_statistics, histogram_mutual_information, ncc, organ_metrics
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermod.data.layout import DATASET_JSON, LABEL_KEYS, file_name, write_dataset_json
+from intermod.data.source import MAX_LABEL_VALUE, SOURCE_KEYS, write_source_subject
 from intermod.geometry import ras_affine, reference_grid
-from intermod.pairing import MAX_LABEL_VALUE, SOURCE_KEYS, write_source_subject
 
 DATASETS = {"goldatlas": "intermod.importers.goldatlas",
             "synthrad2023": "intermod.importers.synthrad",

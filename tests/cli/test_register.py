@@ -24,9 +24,9 @@ import torchio as tio
 
 from intermod.cli.register import main
 from intermod.data.datamodule import Normalisation
-from intermod.evaluation.metrics import dice
 from intermod.geometry import index_to_physical, lps_to_voxel, read_displacement_field, to_array
 from intermod.inference import predict_field, resolve_precision
+from intermod.metrics import dice
 from intermod.networks.unet import RegistrationUNet
 from intermod.registration import OUTPUT_NAMES, load_model, register_files
 from intermod.spatial import warp_labels
@@ -263,7 +263,7 @@ def test_checkpoint_rebuilds_the_network_with_every_recorded_argument(tmp_path):
 
 def test_ct_padding_is_air_before_any_stage_sees_it(data, monkeypatch):
     """-2048 outside the scan circle must reach neither the pre-alignment nor the network as tissue."""
-    import intermod.registration as registration
+    import intermod.registration.pipeline as registration  # where prealign is looked up
 
     seen = {}
 
@@ -383,7 +383,7 @@ def test_the_command_imports_neither_lightning_nor_torchio(data, tmp_path):
 
 
 def test_failure_while_writing_leaves_out_untouched(data, tmp_path, monkeypatch):
-    import intermod.registration as registration
+    import intermod.registration.outputs as registration  # where write_displacement_field is looked up
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from intermod.data.datamodule import PairedDataModule
+from intermod.data.datamodule import EpochSeededLoader, PairedDataModule
 from intermod.data.layout import load_dataset
 
 
@@ -95,7 +95,7 @@ def test_queue_cuts_per_axis_patches(tiny_dataset):
 
 
 def test_ground_truth_field_warps_the_mr_onto_its_paired_version(datamodule):
-    from intermod.evaluation.metrics import ncc
+    from intermod.metrics import ncc
     from intermod.spatial import warp
 
     batch = next(iter(datamodule.test_dataloader()))
@@ -119,10 +119,25 @@ def test_no_ground_truth_field_is_none(tiny_dataset, tmp_path):
     assert dm.ground_truth_field(subject) is None
 
 
+def test_the_loader_tells_the_queues_subject_sampler_each_epoch_as_it_begins():
+    """Under DDP the queue's DistributedSampler reshuffles subjects only when told the epoch; the data
+    module's loader tells it (the LightningModule need not know where the sampler is)."""
+    class Sampler:
+        epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+    epoch = iter(range(3, 10))
+    loader = EpochSeededLoader(list(range(4)), batch_size=2, epoch=lambda: next(epoch), subject_sampler=Sampler())
+    assert [len(list(loader)) for _ in range(2)] == [2, 2]
+    assert Sampler.epochs == [3, 4]
+
+
 SHARD_PROBE = """
 import json, sys
 import torch.distributed as dist
-from intermod.data.datamodule import PairedDataModule
+from intermod.data.datamodule import EpochSeededLoader, PairedDataModule
 dist.init_process_group("gloo")
 datamodule = PairedDataModule(sys.argv[1], patch_size=16, margin=0, samples_per_volume=2, queue_length=4)
 queue = datamodule.train_dataloader().dataset

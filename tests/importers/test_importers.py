@@ -22,9 +22,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, 
 from intermod.cli.import_data import main
 from intermod.cli.pair import main as pair_main
 from intermod.data.layout import check_dataset
-from intermod.evaluation.metrics import dice
 from intermod.geometry import RAS_FROM_LPS
 from intermod.importers.goldatlas import rasterise_roi
+from intermod.metrics import dice
 
 # The analytic anatomy (LPS mm): name -> (centre, radii, CT HU, MR value). The MR shows it shifted.
 BODY = ((0.0, 0.0, 0.0), (42.0, 32.0, 30.0), 40.0, 300.0)

@@ -1,4 +1,4 @@
-"""Tests for intermod.evaluation.metrics: analytic cases plus a cross-check against MONAI."""
+"""Tests for intermod.metrics: analytic cases plus a cross-check against MONAI."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from intermod.evaluation.metrics import (
+from intermod.metrics import (
     average_surface_distance,
     dice,
     folding_statistics,
