@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("intermod", "intermod.io", "intermod.wandb_mode", "intermod.runs", "intermod.spatial",
               "intermod.spatial_numpy", "intermod.losses", "intermod.metrics", "intermod.geometry",
               "intermod.preprocessing", "intermod.schedules")),
-    ("networks", ("intermod.networks", "intermod.inference", "intermod.checkpoint")),
+    ("networks", ("intermod.networks", "intermod.inference", "intermod.refinement", "intermod.checkpoint")),
     ("data", ("intermod.data", "intermod.importers")),
     ("evaluation", ("intermod.evaluation",)),
     ("baselines", ("intermod.baselines",)),

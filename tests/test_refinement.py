@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from intermod.data.phantom import GRIDS, LABELS, synthesize_subject
-from intermod.evaluation.metrics import dice, folding_statistics
+from intermod.metrics import dice, folding_statistics
 from intermod.losses import mind_ssc
 from intermod.preprocessing import normalise_ct, normalise_mr
 from intermod.refinement import Refinement, refine_field
