@@ -1,6 +1,7 @@
 """Register an MR to a CT: model grid, pre-alignment, network field, one composed field on the CT's grid, report."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from intermod.metrics import folding_statistics, histogram_mutual_information, o
 from intermod.preprocessing import normalise_ct, normalise_mr
 from intermod.registration.model import Model, load_model
 from intermod.registration.outputs import RegistrationResult, check_out_dir, write_outputs
+from intermod.refinement import Refinement, refine_field
 from intermod.registration.prealign import AIR_HU, prealign
 from intermod.spatial import warp
 
@@ -97,11 +99,12 @@ def _label_metrics(ct: sitk.Image, ct_labels: sitk.Image, mr_labels: sitk.Image,
 
 def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sitk.Image | None = None,
                     ct_labels: sitk.Image | None = None, affine: bool = True, ct_name: str = "CT",
-                    mr_name: str = "MR") -> RegistrationResult:
+                    mr_name: str = "MR", refinement: Refinement = Refinement()) -> RegistrationResult:
     """Register ``mr`` to ``ct`` (any grids, orientations, overlaps); the outputs lie on ``ct``'s grid.
 
     ``ct_labels`` serve only the report (Dice, ASD per label, with ``mr_labels``). ``affine=False`` skips
-    the pre-alignment (the images must already be aligned in world space). Raises :class:`InputError`
+    the pre-alignment (the images must already be aligned in world space). ``refinement`` (none by default)
+    optimises the network's field further on this pair alone (:mod:`intermod.refinement`). Raises :class:`InputError`
     (naming ``mr_name``) when CT and MR do not overlap after pre-alignment.
     """
     timings: dict[str, float] = {}
@@ -121,9 +124,11 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
     with _timed(timings, "network"):
         ct_d, mr_d = ct_n.to(model.device), mr_n.to(model.device)
         field = predict_field(model.net, ct_d, mr_d, model.inference)
-        mr_warped_grid = warp(mr_d, field)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
+    with _timed(timings, "refine"):
+        field = refine_field(ct_d, mr_d, field, refinement)
+        mr_warped_grid = warp(mr_d, field)
     deformation = field[0].double().cpu().numpy()
     with _timed(timings, "compose"):
         composed = compose_field(transform, deformation, grid, ct)
@@ -136,6 +141,7 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
         ct_before = normalise(to_array(ct_grid), to_array(resample(mr, grid)), model)
         report = {
             "network": {"device": str(model.device), "precision": model.precision, "inference": model.inference},
+            "refinement": dataclasses.asdict(refinement),
             "model_grid": {"size": list(grid.GetSize()), "spacing": list(grid.GetSpacing()),
                            "orientation": model.orientation, "origin_lps": list(grid.GetOrigin())},
             "affine": {"enabled": affine, "overlap_fraction": overlap,
@@ -156,7 +162,7 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
 
 def register_files(ct: str | Path, mr: str | Path, checkpoint: str | Path, out_dir: str | Path,
                    mr_labels: str | Path | None = None, ct_labels: str | Path | None = None, device: str = "cpu",
-                   affine: bool = True, precision: str = "auto") -> dict:
+                   affine: bool = True, precision: str = "auto", refinement: Refinement = Refinement()) -> dict:
     """The whole of ``intermod-register``: read and validate, register, write into ``out_dir``.
 
     Every problem with an input raises :class:`InputError` before anything is written. Returns the report.
@@ -168,7 +174,8 @@ def register_files(ct: str | Path, mr: str | Path, checkpoint: str | Path, out_d
         ct_image, mr_image = read_image(ct), read_image(mr)
         mr_label_image = None if mr_labels is None else read_image(mr_labels, labels=True)
         ct_label_image = None if ct_labels is None else read_image(ct_labels, labels=True)
-    result = register_images(ct_image, mr_image, model, mr_label_image, ct_label_image, affine, str(ct), str(mr))
+    result = register_images(ct_image, mr_image, model, mr_label_image, ct_label_image, affine, str(ct), str(mr),
+                             refinement)
     result.report["timings_s"] = {**timings, **result.report["timings_s"]}
     result.report["inputs"] = {"ct": str(ct), "mr": str(mr), "checkpoint": str(checkpoint),
                                "mr_labels": None if mr_labels is None else str(mr_labels),

@@ -475,3 +475,24 @@ def test_the_command_is_repeatable_bit_for_bit(data, tmp_path):
     for key in ("affine", "field", "mr_warped"):
         first, second = ((folder / OUTPUT_NAMES[key]).read_bytes() for folder in outputs)
         assert first == second, key
+
+
+def test_refinement_is_recorded_and_does_not_lower_dice(data, registered, tmp_path):
+    """--refine 30 optimises the (untrained) network's field on the pair itself: the report says how,
+    times it, and the labels agree at least as well as without it (the default, 0 steps, reports 0)."""
+    assert registered["report"]["refinement"]["steps"] == 0
+    code, _, stderr = run("--ct", data["ct"], "--mr", data["mr"], "--checkpoint", data["checkpoint"],
+                          "--out", tmp_path / "out", "--mr-labels", data["mr_labels"], "--ct-labels", data["ct_labels"],
+                          "--refine", 30)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["refinement"]["steps"] == 30 and report["refinement"]["similarity"] == "mind"
+    assert report["timings_s"]["refine"] > 0
+    mean_dice = [np.mean([row["dice_after"] for row in r["labels"].values()]) for r in (registered["report"], report)]
+    assert mean_dice[1] >= mean_dice[0] - 0.005, mean_dice
+
+
+def test_a_negative_refinement_is_refused_with_exit_2(data, tmp_path):
+    code, _, stderr = run("--ct", data["ct"], "--mr", data["mr"], "--checkpoint", data["checkpoint"],
+                          "--out", tmp_path / "out", "--refine", -1)
+    assert code == 2 and "--refine" in stderr and not (tmp_path / "out").exists()
