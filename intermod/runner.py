@@ -1,5 +1,8 @@
 """One run of the protocol: data ready, train (learned methods), test on whole volumes, metrics.json.
 
+The method's config names how it runs (``method.procedure``): :func:`train_and_test` for the learned
+methods, :func:`register_classically` for the classical baselines (``method.register``).
+
 Runs are seeded, resumable (a killed run restarts from its last checkpoint) and skipped when their
 metrics.json exists, unless ``force=true``; a failed run leaves ``failed.json`` instead. A folder holding
 a run made with another config is refused (naming the keys that differ) unless ``force=true``.
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
@@ -155,18 +158,15 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
 
 
 def register_classically(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict:
-    """Register the test subjects with an ANTs baseline; no training. Labels are warped with the
-    returned field by intermod's own nearest-neighbour warp, exactly as for the networks."""
-    from intermod.baselines.ants import register_classical
-
-    options = OmegaConf.to_container(cfg.method.options, resolve=True) if cfg.method.get("options") else {}
+    """Register the test subjects with a classical method, ``method.register``; no training. Labels are
+    warped with the returned field by intermod's own nearest-neighbour warp, exactly as for the networks."""
+    register = instantiate(cfg.method.register)
     subjects, seconds = {}, []
     for batch in datamodule.test_dataloader():
         def numpy(key):
             return batch[key][0, 0].numpy()
         spacing = batch["spacing"][0].tolist()
-        result = register_classical(numpy("ct"), numpy("mr"), numpy("mr_labels"), spacing, cfg.method.name,
-                                    seed=cfg.seed, **options)
+        result = register(numpy("ct"), numpy("mr"), numpy("mr_labels"), spacing, seed=cfg.seed)
         field = torch.from_numpy(result.field)[None]
         registered = {"field": field, "mr_warped": warp(batch["mr"], field),
                       "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
@@ -257,8 +257,8 @@ def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = 
         ensure_dataset(cfg.data)
         datamodule = make_datamodule(cfg)
         loggers = make_loggers(cfg, identity)
-        method = train_and_test if cfg.method.learned else register_classically
-        result = method(cfg, out, datamodule, loggers)
+        procedure = get_method(cfg.method.procedure)  # train_and_test or register_classically
+        result = procedure(cfg, out, datamodule, loggers)
         if result is None:
             return None
         add_ground_truth(result["subjects"], datamodule)

@@ -1,10 +1,12 @@
 """Every experiment, method, model, callback, trainer and logger config composes and instantiates."""
+import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from hydra_compose import compose_train
 from omegaconf import OmegaConf
 
@@ -12,7 +14,7 @@ from intermod.cli import CONF_DIR
 from intermod.data.datamodule import patch_shape
 from intermod.losses import RegistrationLoss
 from intermod.networks.unet import RegistrationUNet
-from intermod.runner import make_callbacks
+from intermod.runner import make_callbacks, register_classically, train_and_test
 from intermod.runs import CHECKPOINT_DIR
 
 GROUP = lambda group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))  # noqa: E731
@@ -61,11 +63,17 @@ def test_a_label_free_dataset_keeps_the_checkpoint_with_the_lowest_validation_lo
 
 
 @pytest.mark.parametrize("method", GROUP("method"))
-def test_every_method_instantiates_its_loss(method):
+def test_every_method_names_its_procedure_and_instantiates_what_that_needs(method):
     cfg = compose_train([f"method={method}"])
-    if cfg.method.learned:
+    procedure = get_method(cfg.method.procedure)
+    assert procedure in (train_and_test, register_classically)
+    if procedure is train_and_test:
         loss = instantiate(cfg.method.loss)
         assert isinstance(loss, RegistrationLoss) and loss.method == cfg.method.name
+    else:  # called as the runner calls it; binding checks the arguments without registering
+        volume = np.zeros((8, 8, 8), np.float32)
+        inspect.signature(instantiate(cfg.method.register)).bind(volume, volume, volume.astype(np.uint8),
+                                                                 [1.0, 1.0, 1.0], seed=0)
 
 
 @pytest.mark.parametrize("model", GROUP("model"))
