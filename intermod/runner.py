@@ -96,9 +96,9 @@ def make_loggers(cfg: DictConfig, identity: RunIdentity) -> list:
 
 
 def make_callbacks(cfg: DictConfig) -> dict[str, pl.Callback]:
-    """The configured callbacks (conf/callbacks/) by name, those set to null left out."""
-    return {name: instantiate(callback) for name, callback in (cfg.get("callbacks") or {}).items()
-            if callback is not None}
+    """The configured callbacks (conf/callbacks/) by name, those set to null left out; training tests the
+    weights ``model_checkpoint`` keeps."""
+    return {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback is not None}
 
 
 def make_datamodule(cfg: DictConfig):
