@@ -1,5 +1,8 @@
 """One run of the protocol: data ready, train (learned methods), test on whole volumes, metrics.json.
 
+The method's config names how it runs (``method.procedure``): :func:`train_and_test` for the learned
+methods, :func:`register_classically` for the classical baselines (``method.register``).
+
 Runs are seeded, resumable (a killed run restarts from its last checkpoint) and skipped when their
 metrics.json exists, unless ``force=true``; a failed run leaves ``failed.json`` instead. A folder holding
 a run made with another config is refused (naming the keys that differ) unless ``force=true``.
@@ -19,9 +22,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import WandbLogger
 
 import intermod
@@ -93,14 +95,10 @@ def make_loggers(cfg: DictConfig, identity: RunIdentity) -> list:
     return loggers
 
 
-def checkpoint_callbacks(ckpt_dir: Path, every_n_steps: int, has_organs: bool = True) -> list[ModelCheckpoint]:
-    """best.ckpt by validation Dice (by validation loss on a label-free dataset), and last.ckpt every
-    few steps so a killed run loses little."""
-    monitor, mode = ("val/dice_mean", "max") if has_organs else ("val/loss", "min")
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                           auto_insert_metric_name=False)
-    last = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=every_n_steps)
-    return [best, last]
+def make_callbacks(cfg: DictConfig) -> dict[str, pl.Callback]:
+    """The configured callbacks (conf/callbacks/) by name, those set to null left out; training tests the
+    weights ``model_checkpoint`` keeps."""
+    return {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback is not None}
 
 
 def make_datamodule(cfg: DictConfig):
@@ -128,20 +126,14 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
 
     Returns None on ranks other than 0 of a multi-process job."""
     module = make_module(cfg, datamodule, partial(log_registration_figure, out_dir=str(out / "figures")))
-    ckpt_dir = out / CHECKPOINT_DIR
-    callbacks = checkpoint_callbacks(ckpt_dir, cfg.ckpt_every_n_steps, has_organs=bool(datamodule.labels))
-    if cfg.early_stopping_patience:
-        # The paper stopped "when the validation loss did not decrease significantly".
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
-                                       min_delta=1e-4))
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out))
+    callbacks = make_callbacks(cfg)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=list(callbacks.values()),
+                          default_root_dir=str(out))
     if trainer.world_size > 1 and cfg.trainer.get("use_distributed_sampler", True):
         # The patch queue gives each rank its own subjects; Lightning's sampler would shard its patches again.
         raise RunError(f"trainer.use_distributed_sampler must be false with {trainer.world_size} processes: the patch "
                        f"queue already gives each rank its own subjects (trainer=ddp and trainer=slurm set it)")
-    last = ckpt_dir / "last.ckpt"
+    last = out / CHECKPOINT_DIR / "last.ckpt"
     resumed_from = str(last) if last.exists() else None
     if resumed_from:
         print(f"resuming from {last}")
@@ -151,7 +143,7 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
     if trainer.global_rank != 0:
         return None  # under SLURM every task runs this function; rank 0 alone tests and writes
 
-    best = callbacks[0].best_model_path or (str(last) if last.exists() else "")
+    best = callbacks["model_checkpoint"].best_model_path or (str(last) if last.exists() else "")
     if best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     # Testing on one device, in this process, whatever the training strategy (ddp_spawn included).
@@ -166,18 +158,15 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
 
 
 def register_classically(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict:
-    """Register the test subjects with an ANTs baseline; no training. Labels are warped with the
-    returned field by intermod's own nearest-neighbour warp, exactly as for the networks."""
-    from intermod.baselines.ants import register_classical
-
-    options = OmegaConf.to_container(cfg.method.options, resolve=True) if cfg.method.get("options") else {}
+    """Register the test subjects with a classical method, ``method.register``; no training. Labels are
+    warped with the returned field by intermod's own nearest-neighbour warp, exactly as for the networks."""
+    register = instantiate(cfg.method.register)
     subjects, seconds = {}, []
     for batch in datamodule.test_dataloader():
         def numpy(key):
             return batch[key][0, 0].numpy()
         spacing = batch["spacing"][0].tolist()
-        result = register_classical(numpy("ct"), numpy("mr"), numpy("mr_labels"), spacing, cfg.method.name,
-                                    seed=cfg.seed, **options)
+        result = register(numpy("ct"), numpy("mr"), numpy("mr_labels"), spacing, seed=cfg.seed)
         field = torch.from_numpy(result.field)[None]
         registered = {"field": field, "mr_warped": warp(batch["mr"], field),
                       "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
@@ -252,6 +241,8 @@ def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = 
     test Dice after registration (for sweepers; on a label-free dataset the mean NCC of the paired MR and
     the registered MR)."""
     out = Path(output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)  # where loggers and checkpoints write (Hydra's run folder, or the caller's)
     metrics_path = out / METRICS_FILE
     identity = RunIdentity(cfg.name, cfg.method.name, cfg.fold, cfg.seed, dict(swept or {}))
     if check_folder(cfg, out):
@@ -266,8 +257,8 @@ def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = 
         ensure_dataset(cfg.data)
         datamodule = make_datamodule(cfg)
         loggers = make_loggers(cfg, identity)
-        method = train_and_test if cfg.method.learned else register_classically
-        result = method(cfg, out, datamodule, loggers)
+        procedure = get_method(cfg.method.procedure)  # train_and_test or register_classically
+        result = procedure(cfg, out, datamodule, loggers)
         if result is None:
             return None
         add_ground_truth(result["subjects"], datamodule)

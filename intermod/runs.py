@@ -19,7 +19,7 @@ CHECKPOINT_DIR = "checkpoints"
 IDENTITY_KEYS = ("experiment", "name", "method", "fold", "seed")
 # Keys that do not change a run's results: never part of its identity, never a reason to refuse a resume.
 NEUTRAL_KEYS = ("force", "torch_threads", "paths", "data.root", "logger", "trainer.enable_progress_bar",
-                "ckpt_every_n_steps")
+                "callbacks.model_checkpoint.dirpath", "callbacks.last_checkpoint", "callbacks.lr_monitor")
 MAX_VARIANT_CHARS = 64
 HASH_CHARS = 8
 

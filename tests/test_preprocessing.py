@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from intermod.data.datamodule import Normalisation, PairedDataModule
 from intermod.preprocessing import CT_WINDOW, MR_PERCENTILES, normalise_ct, normalise_mr
 
-CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data" / "phantom_small.yaml"
+CONF_PREPROCESSING = Path(__file__).resolve().parents[1] / "conf" / "data" / "preprocessing" / "default.yaml"
 
 
 def volumes(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -86,5 +86,5 @@ def test_training_and_registration_normalise_a_volume_identically():
 def test_defaults_are_defined_once_and_the_config_repeats_them():
     normalisation = PairedDataModule("unused").normalise
     assert (normalisation.ct_window, normalisation.mr_percentiles) == (CT_WINDOW, MR_PERCENTILES)
-    data = OmegaConf.load(CONF_DATA)
+    data = OmegaConf.load(CONF_PREPROCESSING)
     assert tuple(data.ct_window) == CT_WINDOW and tuple(data.mr_percentiles) == MR_PERCENTILES

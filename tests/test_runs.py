@@ -44,3 +44,14 @@ def test_config_differences_name_each_changed_key_and_ignore_neutral_ones():
     assert config_differences(stored, current) == ["method.loss.lambda_x: (absent) -> 1",
                                                    "trainer.max_steps: 100 -> 200"]
     assert config_differences(stored, stored) == []
+
+
+def test_where_and_how_often_checkpoints_are_written_is_neutral_but_which_one_is_tested_is_not():
+    stored = {"callbacks": {"model_checkpoint": {"dirpath": "/a/checkpoints", "monitor": "val/dice_mean"},
+                            "last_checkpoint": {"every_n_train_steps": 50}, "lr_monitor": None,
+                            "early_stopping": {"patience": 4}}}
+    current = {"callbacks": {"model_checkpoint": {"dirpath": "/b/checkpoints", "monitor": "val/loss"},
+                             "last_checkpoint": {"every_n_train_steps": 6}, "lr_monitor": {"logging_interval": "epoch"},
+                             "early_stopping": {"patience": 8}}}
+    assert config_differences(stored, current) == ["callbacks.early_stopping.patience: 4 -> 8",
+                                                   "callbacks.model_checkpoint.monitor: 'val/dice_mean' -> 'val/loss'"]

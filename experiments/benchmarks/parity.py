@@ -48,7 +48,7 @@ SMOKE = ["trainer=cpu", "model=unet_small", "model.compile=false", "data.patch_s
 
 
 def overrides(config: str, seed: int, args) -> list[str]:
-    common = ["data=phantom_small", "logger=csv", "early_stopping_patience=null", "name=parity", f"seed={seed}",
+    common = ["data=phantom_small", "logger=csv", "callbacks.early_stopping=null", "name=parity", f"seed={seed}",
               f"trainer.max_epochs={args.epochs}", f"data.samples_per_volume={args.samples_per_volume}",
               f"data.queue_length={max(args.samples_per_volume, 256)}", f"paths.log_dir={args.work_dir}",
               "trainer.enable_progress_bar=false"]

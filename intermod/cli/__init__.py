@@ -1,4 +1,5 @@
 """Console scripts, one small file each. Hydra apps read their configs from the repository's conf/."""
+import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -33,6 +34,21 @@ def network_margin(target: str) -> int:
     return int(get_class(target).margin)
 
 
+def if_organs(root: str, with_organs, without):
+    """``with_organs`` if the dataset at ``root`` has organ labels, ``without`` if it is label-free (its
+    dataset.json says ``"label_free": true``: a body mask for labels, so no Dice). A dataset.json not there
+    yet is the phantom's, synthesised on first use, which has organs; one that cannot be read fails the
+    run's dataset check, which names the fix."""
+    from intermod.data.layout import DATASET_JSON
+
+    try:
+        label_free = json.loads((Path(root) / DATASET_JSON).read_text()).get("label_free") is True
+    except (OSError, ValueError):
+        label_free = False
+    return without if label_free else with_organs
+
+
+OmegaConf.register_new_resolver("if_organs", if_organs, replace=True)
 OmegaConf.register_new_resolver("network_margin", network_margin, replace=True)
 OmegaConf.register_new_resolver("bf16_where_native", bf16_where_native, replace=True)
 OmegaConf.register_new_resolver("run_variant", run_variant, replace=True)

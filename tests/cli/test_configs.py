@@ -1,9 +1,12 @@
-"""Every experiment, method, model, trainer and logger config composes and instantiates."""
+"""Every experiment, method, model, callback, trainer and logger config composes and instantiates."""
+import inspect
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from hydra_compose import compose_train
 from omegaconf import OmegaConf
 
@@ -11,12 +14,14 @@ from intermod.cli import CONF_DIR
 from intermod.data.datamodule import patch_shape
 from intermod.losses import RegistrationLoss
 from intermod.networks.unet import RegistrationUNet
+from intermod.runner import make_callbacks, register_classically, train_and_test
+from intermod.runs import CHECKPOINT_DIR
 
 GROUP = lambda group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))  # noqa: E731
 
 
 @pytest.mark.parametrize("experiment", GROUP("experiment"))
-def test_every_experiment_instantiates_its_data_model_trainer_and_loggers(experiment, tmp_path):
+def test_every_experiment_instantiates_its_data_model_callbacks_trainer_and_loggers(experiment, tmp_path):
     # Without a GPU, GPU experiments' trainers are built on the CPU: everything else as configured.
     cpu = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu", "trainer.devices=1"]
     cfg = compose_train([f"experiment={experiment}", *cpu])
@@ -29,24 +34,46 @@ def test_every_experiment_instantiates_its_data_model_trainer_and_loggers(experi
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels={"bladder": 1})
     assert [module.net.output_size(n) for n in patch] == [n - 2 * datamodule.margin for n in patch]
     assert module.configure_optimizers() is not None  # schedules resolve their step counts
-    loggers = [instantiate(logger, save_dir=str(tmp_path)) for logger in (cfg.logger or {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, default_root_dir=str(tmp_path))
+    loggers = [instantiate(logger, save_dir=str(tmp_path)) for logger in (cfg.get("logger") or {}).values()]
+    callbacks = make_callbacks(cfg)
+    best, last = callbacks["model_checkpoint"], callbacks["last_checkpoint"]
+    assert best.dirpath == last.dirpath == str(Path(cfg.paths.output_dir) / CHECKPOINT_DIR)  # where runs resume from
+    assert (best.monitor, best.mode) == ("val/dice_mean", "max")  # the phantom has organs
+    assert ("lr_monitor" in callbacks) == bool(loggers)  # Lightning's monitor refuses to run without a logger
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=list(callbacks.values()),
+                          default_root_dir=str(tmp_path))
     assert trainer.max_epochs == cfg.trainer.max_epochs and trainer.max_steps == cfg.trainer.get("max_steps", -1)
+    assert all(callback in trainer.callbacks for callback in callbacks.values())
 
 
 def test_table1_is_the_paper_s_protocol_swept():
     paper, table1 = compose_train(["experiment=paper"]), compose_train(["experiment=table1"])
-    for key in ("data", "model", "trainer", "method"):
+    for key in ("data", "model", "trainer", "method", "callbacks"):
         assert table1[key] == paper[key], key
-    assert table1.early_stopping_patience == paper.early_stopping_patience == 4
+    assert table1.callbacks.early_stopping.patience == 4 and "early_stopping" not in compose_train([]).callbacks
+    assert compose_train(["experiment=table1_smoke"]).callbacks.early_stopping is None  # switched off
+
+
+@pytest.mark.parametrize("label_free", [True, False])
+def test_a_label_free_dataset_keeps_the_checkpoint_with_the_lowest_validation_loss(tmp_path, label_free):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"body": 1}, "label_free": label_free}))
+    cfg = compose_train(["data=folder", f"data.root={tmp_path}"])
+    best = make_callbacks(cfg)["model_checkpoint"]
+    assert (best.monitor, best.mode) == (("val/loss", "min") if label_free else ("val/dice_mean", "max"))
 
 
 @pytest.mark.parametrize("method", GROUP("method"))
-def test_every_method_instantiates_its_loss(method):
+def test_every_method_names_its_procedure_and_instantiates_what_that_needs(method):
     cfg = compose_train([f"method={method}"])
-    if cfg.method.learned:
+    procedure = get_method(cfg.method.procedure)
+    assert procedure in (train_and_test, register_classically)
+    if procedure is train_and_test:
         loss = instantiate(cfg.method.loss)
         assert isinstance(loss, RegistrationLoss) and loss.method == cfg.method.name
+    else:  # called as the runner calls it; binding checks the arguments without registering
+        volume = np.zeros((8, 8, 8), np.float32)
+        inspect.signature(instantiate(cfg.method.register)).bind(volume, volume, volume.astype(np.uint8),
+                                                                 [1.0, 1.0, 1.0], seed=0)
 
 
 @pytest.mark.parametrize("model", GROUP("model"))
@@ -58,7 +85,8 @@ def test_every_model_instantiates(model):
     assert optimizer is not None
 
 
-@pytest.mark.parametrize("group", ["trainer", "logger", "data", "paths"])
+@pytest.mark.parametrize("group", ["trainer", "logger", "data", "data/loader", "data/preprocessing", "callbacks",
+                                   "paths"])
 def test_every_option_of_a_group_composes(group):
     for option in GROUP(group):
         cfg = compose_train([f"{group}={option}"] + (["data.root=/somewhere"] if option == "folder" else []))

@@ -98,7 +98,7 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_runs_weights(tmp_path,
     """Killed after an end-of-epoch checkpoint (3 training subjects x 2 flips x 2 patches = 6 steps an epoch,
     a checkpoint every 6 steps), resumed: same global step, same weights as a run never stopped, because
     the checkpoint also carries the random generators that draw the patches."""
-    overrides = ["logger=none", "trainer.max_epochs=4", "ckpt_every_n_steps=6"]
+    overrides = ["logger=none", "trainer.max_epochs=4", "callbacks.last_checkpoint.every_n_train_steps=6"]
     train(tmp_path / "whole", tiny_dataset, *overrides)
     cmd = [sys.executable, "-m", "intermod.cli.train", f"data.root={tiny_dataset}", f"paths.log_dir={tmp_path / 'cut'}",
            "name=t", *TINY, *overrides]

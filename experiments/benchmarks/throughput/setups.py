@@ -55,7 +55,7 @@ def datamodule(setup: Setup, root: Path, args, device: torch.device) -> PairedDa
     if setup.data.startswith("device:"):
         return DevicePatchDataModule(**common, device=str(device), crop=setup.data.split(":")[1],
                                      num_workers=args.paper_workers)
-    if setup.data == "queue":  # conf/data/phantom_paper.yaml's settings
+    if setup.data == "queue":  # conf/experiment/paper.yaml's settings
         return PairedDataModule(**common, queue_length=args.queue_length, num_workers=args.paper_workers)
     return PairedDataModule(**common, queue_length=args.queue_length, num_workers=args.tuned_workers,
                             pin_memory=device.type == "cuda")
