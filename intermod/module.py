@@ -1,6 +1,7 @@
 """The LightningModule: the U-Net, the warp and the intra-modality losses (paper Fig. 2)."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -12,6 +13,8 @@ from intermod.checkpoint import CheckpointMetadata, write_metadata
 from intermod.evaluation.report import IMAGE_METRICS, evaluate_subject, subject_volumes
 from intermod.inference import register_volumes
 from intermod.losses import RegistrationLoss
+from intermod.refinement import Refinement, refine_field
+from intermod.spatial import warp, warp_labels
 
 
 class RegistrationModule(pl.LightningModule):
@@ -23,11 +26,14 @@ class RegistrationModule(pl.LightningModule):
     ``compile``: torch.compile the network (``compile_mode``: torch.compile's ``mode``) when the trainer
     configures the model; in place, so checkpoints keep the eager network's parameter names.
     ``scheduler_interval``: step the learning-rate scheduler every "epoch" (the paper's halving) or "step".
+    ``refinement``: test-time refinement of each test subject's field (validation never refines, so it picks
+    checkpoints by the network alone); its seconds per subject go into the test results.
     """
 
     def __init__(self, net: nn.Module, loss: RegistrationLoss, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_interval: str = "epoch", labels: dict[str, int] | None = None, inference: str = "whole", channels_last: bool = False,
-                 figure_callback: Callable | None = None, compile: bool = False, compile_mode: str | None = None):
+                 figure_callback: Callable | None = None, compile: bool = False, compile_mode: str | None = None,
+                 refinement: Refinement = Refinement()):
         super().__init__()
         self.net = net
         self.loss = loss
@@ -40,6 +46,7 @@ class RegistrationModule(pl.LightningModule):
         self.inference = inference
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.figure_callback = figure_callback
+        self.refinement = refinement
         self.compile_network, self.compile_mode = compile, compile_mode  # `compile` is nn.Module's method
         self._network_compiled = False
         self.checkpoint_metadata: CheckpointMetadata | None = None  # set by the runner, which knows the data
@@ -91,9 +98,20 @@ class RegistrationModule(pl.LightningModule):
             self.figure_callback(batch, out, self.labels, stage="val", loggers=self.loggers,
                                  epoch=self.current_epoch, step=self.global_step)
 
+    def refine_batch(self, batch: dict, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``out`` with its field refined on the batch's own CT and MR, and the MR and labels warped again."""
+        field = refine_field(batch["ct"].float(), batch["mr"].float(), out["field"].float(), self.refinement)
+        return {"field": field, "mr_warped": warp(batch["mr"], field),
+                "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self.register_batch(batch)
-        self.test_results[batch["subject_id"][0]] = self.evaluate_batch(batch, out)
+        timing = {}
+        if self.refinement.steps:
+            start = time.perf_counter()
+            out = self.refine_batch(batch, out)
+            timing["refine_s"] = time.perf_counter() - start
+        self.test_results[batch["subject_id"][0]] = {**self.evaluate_batch(batch, out), **timing}
         if self.figure_callback is not None:
             self.figure_callback(batch, out, self.labels, stage="test", loggers=self.loggers)
 

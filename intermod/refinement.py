@@ -63,18 +63,19 @@ def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement) 
     if refinement.steps == 0:
         return field
     g = refinement.grid
-    with torch.no_grad():
-        if refinement.similarity == "mind":
-            fixed, moving = (mind_ssc(image.float(), refinement.mind_radius, refinement.mind_dilation)
-                             for image in (ct, mr))
-        else:
-            fixed, moving = ct.float(), mr.float()
-        fixed, moving = _to_grid(fixed, g), _to_grid(moving, g)
-        # Cell i's centre is voxel g * i + (g - 1) / 2, so a displacement of d grid units is g * d voxels.
-        start = _to_grid(field.float(), g) / g
-    update = torch.zeros_like(start, requires_grad=True)
-    optimiser = torch.optim.Adam([update], lr=refinement.lr)
-    with torch.enable_grad():
+    # Lightning tests under inference mode, whose tensors autograd refuses: leave it, on copies of the inputs.
+    with torch.inference_mode(False), torch.enable_grad():
+        ct, mr, start_field = ct.float().clone(), mr.float().clone(), field.float().clone()
+        with torch.no_grad():
+            if refinement.similarity == "mind":
+                fixed, moving = (mind_ssc(image, refinement.mind_radius, refinement.mind_dilation) for image in (ct, mr))
+            else:
+                fixed, moving = ct, mr
+            fixed, moving = _to_grid(fixed, g), _to_grid(moving, g)
+            # Cell i's centre is voxel g * i + (g - 1) / 2, so a displacement of d grid units is g * d voxels.
+            start = _to_grid(start_field, g) / g
+        update = torch.zeros_like(start, requires_grad=True)
+        optimiser = torch.optim.Adam([update], lr=refinement.lr)
         for _ in range(refinement.steps):
             phi = start + update
             warped = warp(moving, phi)
@@ -89,6 +90,7 @@ def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement) 
             optimiser.zero_grad()
             (dissimilarity + regulariser).backward()
             optimiser.step()
+        update = update.detach()
     padded = [n + (-n % g) for n in ct.shape[2:]]
-    step = F.interpolate(update.detach() * g, size=padded, mode="trilinear", align_corners=False)
+    step = F.interpolate(update * g, size=padded, mode="trilinear", align_corners=False)
     return field + step[..., :ct.shape[2], :ct.shape[3], :ct.shape[4]].to(field.dtype)

@@ -112,13 +112,39 @@ def make_datamodule(cfg: DictConfig):
 def make_module(cfg: DictConfig, datamodule, figure_callback=None):
     """The LightningModule of a learned method, with what a checkpoint must record to register later."""
     module = instantiate(cfg.model, loss=instantiate(cfg.method.loss), labels=datamodule.labels,
-                         figure_callback=figure_callback)
+                         figure_callback=figure_callback, refinement=instantiate(cfg.method.refinement))
     module.checkpoint_metadata = CheckpointMetadata(
         method=cfg.method.name, net=OmegaConf.to_container(cfg.model.net, resolve=True), inference=cfg.model.inference,
         spacing=datamodule.spacing, orientation=datamodule.orientation, ct_window=datamodule.normalise.ct_window,
         mr_percentiles=datamodule.normalise.mr_percentiles, labels=datamodule.labels,
         patch_size=OmegaConf.to_container(cfg.data, resolve=True)["patch_size"], label_free=datamodule.spec.label_free)
     return module
+
+
+# What a job with method.network_from may differ in from the job that trained its network.
+TEST_ONLY_KEYS = ("method.name:", "method.network_from:", "method.refinement")
+
+
+def trained_elsewhere(cfg: DictConfig, out: Path) -> Path | None:
+    """The best checkpoint of the job ``method.network_from`` names (this job's folder but for the method)
+    when it trained with this job's config, all but what only testing reads; None: train here."""
+    source = cfg.method.get("network_from")
+    if not source or cfg.method.name not in out.parts:
+        return None
+    parts = list(out.parts)
+    parts[len(parts) - 1 - parts[::-1].index(cfg.method.name)] = source
+    folder = Path(*parts)
+    best = folder / CHECKPOINT_DIR / "best.ckpt"
+    if not (best.exists() and (folder / METRICS_FILE).exists()):
+        print(f"no finished {source} job in {folder}: training this job's own network")
+        return None
+    stored = OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE))
+    differences = [d for d in config_differences(stored, OmegaConf.to_container(cfg, resolve=True))
+                   if not d.startswith(TEST_ONLY_KEYS)]
+    if differences:
+        print(f"{folder} trained with another config ({'; '.join(differences)}): training this job's own network")
+        return None
+    return best
 
 
 def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dict | None:
@@ -135,15 +161,19 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
                        f"queue already gives each rank its own subjects (trainer=ddp and trainer=slurm set it)")
     last = out / CHECKPOINT_DIR / "last.ckpt"
     resumed_from = str(last) if last.exists() else None
-    if resumed_from:
-        print(f"resuming from {last}")
+    reused = trained_elsewhere(cfg, out)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
+    if reused:
+        print(f"testing the network {reused} trained (same config but for testing)")
+    else:
+        if resumed_from:
+            print(f"resuming from {last}")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from)
     train_s = time.perf_counter() - start
     if trainer.global_rank != 0:
         return None  # under SLURM every task runs this function; rank 0 alone tests and writes
 
-    best = callbacks["model_checkpoint"].best_model_path or (str(last) if last.exists() else "")
+    best = str(reused or callbacks["model_checkpoint"].best_model_path or (last if last.exists() else ""))
     if best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     # Testing on one device, in this process, whatever the training strategy (ddp_spawn included).
@@ -153,6 +183,7 @@ def train_and_test(cfg: DictConfig, out: Path, datamodule, loggers: list) -> dic
     start = time.perf_counter()
     tester.test(module, datamodule=datamodule)
     return {"subjects": module.test_results, "checkpoint": best, "resumed_from": resumed_from,
+            "network_from": str(reused) if reused else None,
             "epochs_trained": trainer.current_epoch, "global_step": trainer.global_step,
             "timings": {"train_s": train_s, "test_s": time.perf_counter() - start}}
 

@@ -82,3 +82,10 @@ def test_refinement_from_no_field_raises_dice_on_a_phantom_pair_without_folding(
     field = refine_field(ct, mr, zero, Refinement(steps=50, lr=0.2))
     assert mean_dice(field) > mean_dice(zero) + 0.01
     assert folding_statistics(field[0].numpy())["percent_nonpositive_jacobian"] == 0.0
+
+
+def test_refinement_runs_under_inference_mode_as_lightning_tests():
+    image = blobs()
+    with torch.inference_mode():
+        field = refine_field(image, 1 - image, torch.zeros(1, 3, 24, 22, 20), Refinement(steps=3))
+    assert field.abs().max() > 0

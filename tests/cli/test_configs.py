@@ -14,6 +14,7 @@ from intermod.cli import CONF_DIR
 from intermod.data.datamodule import patch_shape
 from intermod.losses import RegistrationLoss
 from intermod.networks.unet import RegistrationUNet
+from intermod.refinement import Refinement
 from intermod.runner import make_callbacks, register_classically, train_and_test
 from intermod.runs import CHECKPOINT_DIR
 
@@ -68,8 +69,9 @@ def test_every_method_names_its_procedure_and_instantiates_what_that_needs(metho
     procedure = get_method(cfg.method.procedure)
     assert procedure in (train_and_test, register_classically)
     if procedure is train_and_test:
-        loss = instantiate(cfg.method.loss)
-        assert isinstance(loss, RegistrationLoss) and loss.method == cfg.method.name
+        loss = instantiate(cfg.method.loss)  # a method testing another's network trains with that one's loss
+        assert isinstance(loss, RegistrationLoss) and loss.method == cfg.method.get("network_from", cfg.method.name)
+        assert isinstance(instantiate(cfg.method.refinement), Refinement)
     else:  # called as the runner calls it; binding checks the arguments without registering
         volume = np.zeros((8, 8, 8), np.float32)
         inspect.signature(instantiate(cfg.method.register)).bind(volume, volume, volume.astype(np.uint8),

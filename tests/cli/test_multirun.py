@@ -98,3 +98,21 @@ def test_lightning_takes_ranks_from_slurm(monkeypatch):
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
     assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
     assert trainer.global_rank == 1 and trainer.world_size == 2
+
+
+def test_dual_io_tests_the_dual_job_s_network_with_refinement(tmp_path, tiny_dataset):
+    """method=dual,dual_io: dual_io trains nothing, tests dual's best checkpoint, refines each test field
+    (timed per subject) and so differs from dual; with another training config it trains its own."""
+    sweep = tmp_path / "multiruns" / "table1_smoke"
+    multirun(tmp_path, tiny_dataset, "method=dual,dual_io", "fold=0", "hydra/launcher=basic")  # one after the other
+    dual, refined = (json.loads((sweep / m / "fold0-seed0" / "metrics.json").read_text()) for m in ("dual", "dual_io"))
+    assert refined["network_from"] == str(sweep / "dual" / "fold0-seed0" / "checkpoints" / "best.ckpt")
+    assert refined["checkpoint"] == refined["network_from"] and refined["global_step"] == 0 < dual["global_step"]
+    assert dual["network_from"] is None and all("refine_s" not in s for s in dual["subjects"].values())
+    assert all(s["refine_s"] > 0 for s in refined["subjects"].values())
+    assert refined["subjects"] != dual["subjects"]
+
+    own = multirun(tmp_path / "own", tiny_dataset, "method=dual_io", "fold=0")
+    assert "no finished dual job" in own.stdout
+    assert json.loads((tmp_path / "own" / "multiruns" / "table1_smoke" / "dual_io" / "fold0-seed0" /
+                       "metrics.json").read_text())["global_step"] > 0
