@@ -82,6 +82,7 @@ class Model:
     method: str
     device: torch.device
     precision: str  # "fp32" or "bf16": what the network runs in
+    integration_steps: int = 0  # > 0: the network predicts a velocity, integrated into the field (checkpoint)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -
         raise InputError(f"{path}: unusable intermod checkpoint ({missing})") from None
     return Model(net=network, spacing=meta.spacing, orientation=meta.orientation, inference=meta.inference,
                  ct_window=meta.ct_window, mr_percentiles=meta.mr_percentiles, labels=meta.labels, method=meta.method,
-                 device=torch_device, precision=precision)
+                 device=torch_device, precision=precision, integration_steps=meta.integration_steps)
 
 
 def _to_ants(image: sitk.Image) -> ants.ANTsImage:
@@ -295,7 +296,7 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
         ct_n, mr_n = normalise(to_array(ct_grid), to_array(resample(mr, grid, transform)), model)
     with _timed(timings, "network"):
         ct_d, mr_d = ct_n.to(model.device), mr_n.to(model.device)
-        field = predict_field(model.net, ct_d, mr_d, model.inference)
+        field = predict_field(model.net, ct_d, mr_d, model.inference, integration_steps=model.integration_steps)
         mr_warped_grid = warp(mr_d, field)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
@@ -310,7 +311,8 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
     with _timed(timings, "metrics"):
         ct_before = normalise(to_array(ct_grid), to_array(resample(mr, grid)), model)
         report = {
-            "network": {"device": str(model.device), "precision": model.precision, "inference": model.inference},
+            "network": {"device": str(model.device), "precision": model.precision, "inference": model.inference,
+                        **({"integration_steps": model.integration_steps} if model.integration_steps else {})},
             "model_grid": {"size": list(grid.GetSize()), "spacing": list(grid.GetSpacing()),
                            "orientation": model.orientation, "origin_lps": list(grid.GetOrigin())},
             "affine": {"enabled": affine, "overlap_fraction": overlap,
