@@ -44,3 +44,13 @@ def test_config_differences_name_each_changed_key_and_ignore_neutral_ones():
     assert config_differences(stored, current) == ["method.loss.lambda_x: (absent) -> 1",
                                                    "trainer.max_steps: 100 -> 200"]
     assert config_differences(stored, stored) == []
+
+
+def test_a_key_added_after_a_run_was_made_reads_as_the_value_that_made_it():
+    """model.integration_steps came with the diffeomorphic option: a config stored before it has no such key
+    and was made with 0 steps, so resuming or skipping that run is no change of config."""
+    stored = {"model": {"net": {"widths": [8, 16, 32]}}, "method": {"name": "dual"}}
+    current = {"model": {"net": {"widths": [8, 16, 32]}, "integration_steps": 0}, "method": {"name": "dual"}}
+    assert config_differences(stored, current) == []
+    current["model"]["integration_steps"] = 7
+    assert config_differences(stored, current) == ["model.integration_steps: 0 -> 7"]
