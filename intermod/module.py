@@ -75,7 +75,8 @@ class RegistrationModule(pl.LightningModule):
         velocity = None
         if self.integration_steps:
             velocity, phi = phi, integrate_velocity(phi, self.integration_steps)
-        loss, parts = self.loss(phi, batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"], velocity=velocity)
+        loss, parts = self.loss(phi, batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"],
+                                velocity=velocity)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "total"}, on_step=True, on_epoch=True,
                       batch_size=phi.shape[0])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=phi.shape[0])
