@@ -324,7 +324,7 @@ def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
         paths["checkpoint"] = save_checkpoint(tmp / "old.ckpt", metadata={**METADATA, "format": 0,
                                                                                 "intermod_version": "0.0.1"})
     elif case == "newer_version":
-        paths["checkpoint"] = save_checkpoint(tmp / "new.ckpt", metadata={**METADATA, "format": 2})
+        paths["checkpoint"] = save_checkpoint(tmp / "new.ckpt", metadata={**METADATA, "format": 3})
     elif case == "missing_entry":
         paths["checkpoint"] = save_checkpoint(tmp / "partial.ckpt",
                                               metadata={k: v for k, v in METADATA.items() if k != "spacing"})
