@@ -9,7 +9,12 @@ import intermod
 from intermod.geometry import orientation_direction
 from intermod.inference import MODES as INFERENCE_MODES
 
-FORMAT_VERSION = 1  # raise it whenever a reader of the old metadata would misread the new
+# Raise it whenever a reader of the old metadata would misread the new. Format 2 adds integration_steps: a
+# format-1 reader would ignore the entry and warp with the velocity as if it were the displacement, so a
+# checkpoint with integration_steps > 0 is written as format 2, which such readers refuse. Without it (0
+# steps, the paper's network) the metadata stays format 1, word for word what earlier versions wrote and read.
+FORMAT_VERSION = 2  # the newest format this version writes
+READABLE_FORMATS = (1, 2)  # format 1: integration_steps is 0
 KEY = "intermod"  # the checkpoint dict's entry that holds the metadata
 FIX = "register with a checkpoint written by intermod-train (a run's checkpoints/best.ckpt)"
 
@@ -61,6 +66,12 @@ def _labels(value) -> dict[str, int]:
     return {str(name): int(label) for name, label in value.items()}
 
 
+def _steps(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError
+    return value
+
+
 def _patch_size(value) -> int | tuple[int, ...] | None:
     return value if value is None or isinstance(value, int) else tuple(int(n) for n in value)
 
@@ -78,6 +89,7 @@ _ENTRIES = {
     "labels": ("must map organ names to label values", _labels),
     "patch_size": ("must be an int or one int per axis", _patch_size),
     "label_free": ("must be true or false", bool),
+    "integration_steps": ("must be an int >= 0 (0: the network predicts the displacement)", _steps),
     "intermod_version": ("must be a version string", str),
 }
 
@@ -97,6 +109,9 @@ class CheckpointMetadata:
     labels: dict[str, int] = field(default_factory=dict)  # organ name -> label value; none when label-free
     patch_size: int | tuple[int, ...] | None = None  # training patch size, for the record
     label_free: bool = False
+    # scaling-and-squaring steps integrating the network's velocity (intermod.spatial.integrate_velocity);
+    # 0: the network's output is the displacement (the paper; every format-1 checkpoint)
+    integration_steps: int = 0
     intermod_version: str = intermod.__version__  # the version that wrote the checkpoint
 
     def __post_init__(self):
@@ -108,10 +123,15 @@ class CheckpointMetadata:
                 raise ValueError(f"'{name}' {requirement} (got {value!r})") from None
 
     def to_dict(self) -> dict:
-        """Plain Python values (lists, not tuples), with the format version: what the checkpoint stores."""
+        """Plain Python values (lists, not tuples), with the format version: what the checkpoint stores.
+        The oldest format that holds the metadata: format 1, without ``integration_steps``, when it is 0."""
         def plain(value):
             return list(value) if isinstance(value, tuple) else value
-        return {"format": FORMAT_VERSION, **{f.name: plain(getattr(self, f.name)) for f in fields(self)}}
+        entries = {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+        if not self.integration_steps:
+            del entries["integration_steps"]
+            return {"format": 1, **entries}
+        return {"format": FORMAT_VERSION, **entries}
 
     @classmethod
     def from_dict(cls, meta, source: str | Path = "checkpoint") -> CheckpointMetadata:
@@ -120,11 +140,12 @@ class CheckpointMetadata:
         Entries this version does not know are ignored."""
         if not isinstance(meta, Mapping):
             raise CheckpointError(f"{source}: not an intermod checkpoint (it has no '{KEY}' metadata); {FIX}")
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") not in READABLE_FORMATS:
             raise CheckpointError(
                 f"{source}: checkpoint from another intermod version (format {meta.get('format')!r}, written by "
                 f"intermod {meta.get('intermod_version', '?')}; this is intermod {intermod.__version__}, which "
-                f"reads format {FORMAT_VERSION}): register with the intermod that trained it, or train again")
+                f"reads formats {', '.join(map(str, READABLE_FORMATS))}): register with the intermod that trained "
+                "it, or train again")
         names = [f.name for f in fields(cls)]
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required if name not in meta]

@@ -9,6 +9,18 @@ padding the volume by ``margin`` on each side gives every voxel a displacement. 
 Tiles start on multiples of the output size (a multiple of 4), so the pooling grids line up with the
 whole pass and in eval mode both give the same field.
 
+The diffeomorphic option (``integration_steps`` > 0, ``model.integration_steps``): the network's output
+is a stationary velocity field, and the displacement is its scaling-and-squaring integral
+(:func:`intermod.spatial.integrate_velocity`). The velocity is stitched over the whole volume first (from
+one pass or from the tiles) and integrated once there, not per tile inside the network. Each
+composition reads the field at x + u(x), up to the whole displacement away from x: integrating a tile on
+its own would read the neighbouring tiles' velocity as the tile's replicated border, giving a field that
+depends on the tiling, with seams at tile edges. Integrated once over the volume, the field is exact
+wherever the compositions stay inside the volume, and the same in whole and tiled mode. Training
+integrates each patch's velocity with the same function (:class:`intermod.module.RegistrationModule`):
+there the border replication stands in for the velocity beyond the patch, an approximation confined to
+within about the displacement of the patch's faces.
+
 :class:`InferenceNetwork` prepares a trained network for registration: BatchNorm folded into the
 convolutions, channels-last memory and, with ``precision="bf16"``, a bfloat16 body (oneDNN on CPUs
 with native bfloat16, tensor cores on GPUs), about 3x faster on CPU than float32.
@@ -23,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from intermod.spatial import warp, warp_labels
+from intermod.spatial import integrate_velocity, warp, warp_labels
 
 MODES = ("whole", "tiled")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -90,8 +102,20 @@ def _pad_to(x: torch.Tensor, before: int, sizes: tuple[int, ...]) -> torch.Tenso
 
 @torch.no_grad()
 def predict_field(net: nn.Module, ct: torch.Tensor, mr: torch.Tensor, mode: str = "whole",
-                  tile: int = 68, tiles_per_batch: int = 8) -> torch.Tensor:
-    """Displacement (B, 3, X, Y, Z) in voxels for every voxel of ``ct``/``mr`` (B, 1, X, Y, Z)."""
+                  tile: int = 68, tiles_per_batch: int = 8, integration_steps: int = 0) -> torch.Tensor:
+    """Displacement (B, 3, X, Y, Z) in voxels for every voxel of ``ct``/``mr`` (B, 1, X, Y, Z).
+
+    ``integration_steps`` > 0: the network predicts a velocity field (:func:`predict_network_output`),
+    integrated over the whole volume into the displacement returned."""
+    velocity = predict_network_output(net, ct, mr, mode, tile, tiles_per_batch)
+    return integrate_velocity(velocity, integration_steps)
+
+
+@torch.no_grad()
+def predict_network_output(net: nn.Module, ct: torch.Tensor, mr: torch.Tensor, mode: str = "whole",
+                           tile: int = 68, tiles_per_batch: int = 8) -> torch.Tensor:
+    """The network's output field (B, 3, X, Y, Z) for every voxel of ``ct``/``mr`` (B, 1, X, Y, Z), from one
+    pass or stitched from tiles: the displacement, or with ``integration_steps`` > 0 the velocity."""
     if mode not in MODES:
         raise ValueError(f"inference mode must be one of {MODES}, got {mode!r}")
     if ct.shape != mr.shape:
@@ -122,10 +146,14 @@ def predict_field(net: nn.Module, ct: torch.Tensor, mr: torch.Tensor, mode: str 
 
 @torch.no_grad()
 def register_volumes(net: nn.Module, ct: torch.Tensor, mr: torch.Tensor, mr_labels: torch.Tensor | None = None,
-                     mode: str = "whole") -> dict[str, torch.Tensor]:
-    """Register MR to CT: the field, the MR warped into CT space and, if given, the warped MR labels."""
-    field = predict_field(net, ct, mr, mode)
+                     mode: str = "whole", integration_steps: int = 0) -> dict[str, torch.Tensor]:
+    """Register MR to CT: the field (the displacement), the MR warped into CT space and, if given, the warped
+    MR labels; with ``integration_steps`` > 0 also the velocity the field was integrated from."""
+    velocity = predict_network_output(net, ct, mr, mode)
+    field = integrate_velocity(velocity, integration_steps)
     out = {"field": field, "mr_warped": warp(mr, field)}
+    if integration_steps:
+        out["velocity"] = velocity
     if mr_labels is not None:
         out["mr_labels_warped"] = warp_labels(mr_labels, field)
     return out

@@ -172,11 +172,18 @@ class RegistrationLoss(nn.Module):
       - "mi": 1 - MI(I_CT, T(phi, I_MR)) / log(bins), the inter-modality comparator; no paired data
     ``similarity``: L_D = 1 - ncc (global, Eq. 3) or 1 - local_ncc ("lncc", window ``ncc_window``).
 
-    ``forward(phi, ct, mr, ct_paired=None, mr_paired=None)`` takes the full input patches
+    ``forward(phi, ct, mr, ct_paired=None, mr_paired=None, velocity=None)`` takes the full input patches
     (e.g. 68^3) and a field covering their central region (e.g. 28^3); fixed images are centre
     cropped to the field's size. Returns the batch mean and a dict of detached batch-mean
     components: the dissimilarities "sim_ct", "sim_mr", "sim_mi" (unweighted L_D values, present
     only for the method's terms), "laplacian" and "l2" (weighted Eq. 4 terms) and "total".
+
+    ``velocity`` (the diffeomorphic option, ``model.integration_steps`` > 0): the stationary velocity
+    field that ``phi`` was integrated from (:func:`intermod.spatial.integrate_velocity`), of ``phi``'s
+    shape. The data terms warp by ``phi``; Eq. 4 regularises the velocity, as VoxelMorph does: it is what
+    the network predicts and the flow's smoothness follows from its smoothness, the regulariser's
+    gradient then skips the compositions, and for small fields velocity and displacement agree to first
+    order, so the paper's lambdas keep their scale.
     """
 
     METHODS = ("dual", "ct", "mr", "mi")
@@ -216,6 +223,7 @@ class RegistrationLoss(nn.Module):
         mr: Tensor,
         ct_paired: Tensor | None = None,
         mr_paired: Tensor | None = None,
+        velocity: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         needed = {"dual": ("ct_paired", "mr_paired"), "ct": ("ct_paired",), "mr": ("mr_paired",), "mi": ()}
         given = {"ct_paired": ct_paired, "mr_paired": mr_paired}
@@ -225,6 +233,8 @@ class RegistrationLoss(nn.Module):
         for name, image in {"mr": mr, **given}.items():
             if image is not None and image.shape != ct.shape:
                 raise ValueError(f"{name} shape {tuple(image.shape)} differs from ct shape {tuple(ct.shape)}")
+        if velocity is not None and velocity.shape != phi.shape:
+            raise ValueError(f"velocity shape {tuple(velocity.shape)} differs from phi shape {tuple(phi.shape)}")
         size = phi.shape[2:]
         terms: dict[str, Tensor] = {}
         if self.method in ("dual", "ct"):
@@ -235,7 +245,7 @@ class RegistrationLoss(nn.Module):
             mi = parzen_mutual_information(crop_center(ct, size), warp(mr, phi), bins=self.mi_bins)
             terms["sim_mi"] = 1 - mi / math.log(self.mi_bins)
         weight = 0.5 if self.method == "dual" else 1.0
-        reg, lap, l2 = smoothness(phi, self.lambda_laplacian, self.lambda_l2)
+        reg, lap, l2 = smoothness(phi if velocity is None else velocity, self.lambda_laplacian, self.lambda_l2)
         total = (weight * sum(terms.values()) + reg).mean()
         components = {**terms, "laplacian": lap, "l2": l2}
         components = {k: v.detach().mean() for k, v in components.items()}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -14,7 +15,7 @@ from intermod.evaluation.report import IMAGE_METRICS, evaluate_subject, subject_
 from intermod.inference import register_volumes
 from intermod.losses import RegistrationLoss
 from intermod.refinement import Refinement, refine_field
-from intermod.spatial import warp, warp_labels
+from intermod.spatial import integrate_velocity, warp, warp_labels
 
 
 class RegistrationModule(pl.LightningModule):
@@ -28,13 +29,23 @@ class RegistrationModule(pl.LightningModule):
     ``scheduler_interval``: step the learning-rate scheduler every "epoch" (the paper's halving) or "step".
     ``refinement``: test-time refinement of each test subject's field (validation never refines, so it picks
     checkpoints by the network alone); its seconds per subject go into the test results.
+    ``integration_steps`` (the diffeomorphic option, ours; 0, the default, is the paper's displacement): the
+    network predicts a stationary velocity field, integrated by that many scaling-and-squaring steps
+    (:func:`intermod.spatial.integrate_velocity`) into the displacement that the loss's data terms, the
+    validation and test metrics and the checkpoint's users (intermod-register) warp with. Training integrates
+    each patch's velocity; validation and test integrate the whole volume's (see :mod:`intermod.inference`).
+    Eq. 4 regularises the velocity (:class:`intermod.losses.RegistrationLoss`). Checkpoints record it.
     """
 
     def __init__(self, net: nn.Module, loss: RegistrationLoss, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_interval: str = "epoch", labels: dict[str, int] | None = None, inference: str = "whole", channels_last: bool = False,
                  figure_callback: Callable | None = None, compile: bool = False, compile_mode: str | None = None,
-                 refinement: Refinement = Refinement()):
+                 integration_steps: int = 0, refinement: Refinement = Refinement()):
         super().__init__()
+        if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or integration_steps < 0:
+            raise ValueError(f"integration_steps must be an int >= 0 (0: the network predicts the displacement), "
+                             f"got {integration_steps!r}")
+        self.integration_steps = integration_steps
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -65,8 +76,12 @@ class RegistrationModule(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        phi = self(batch["ct"], batch["mr"])
-        loss, parts = self.loss(phi.float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
+        phi = self(batch["ct"], batch["mr"]).float()
+        velocity = None
+        if self.integration_steps:
+            velocity, phi = phi, integrate_velocity(phi, self.integration_steps)
+        loss, parts = self.loss(phi, batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"],
+                                velocity=velocity)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "total"}, on_step=True, on_epoch=True,
                       batch_size=phi.shape[0])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=phi.shape[0])
@@ -74,7 +89,8 @@ class RegistrationModule(pl.LightningModule):
 
     def register_batch(self, batch: dict) -> dict[str, torch.Tensor]:
         """The whole-volume field, warped MR and warped MR labels of a validation/test batch."""
-        return register_volumes(self.net, batch["ct"], batch["mr"], batch["mr_labels"], self.inference)
+        return register_volumes(self.net, batch["ct"], batch["mr"], batch["mr_labels"], self.inference,
+                                integration_steps=self.integration_steps)
 
     def evaluate_batch(self, batch: dict, out: dict[str, torch.Tensor]) -> dict:
         """Organ and image metrics of a registered batch (``evaluation.report.evaluate_subject``)."""
@@ -83,7 +99,9 @@ class RegistrationModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.register_batch(batch)
-        loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"])
+        velocity = out["velocity"].float() if "velocity" in out else None
+        loss, _ = self.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"], batch["mr_paired"],
+                            velocity=velocity)
         result = self.evaluate_batch(batch, out)
         metrics = {"val/loss": loss, **{f"val/{m.key}": result["images"][f"{m.key}_after"] for m in IMAGE_METRICS}}
         if result["organs"]:
@@ -123,6 +141,7 @@ class RegistrationModule(pl.LightningModule):
                                                          "interval": self.scheduler_interval}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # What intermod-register needs to rebuild the network and check compatibility.
+        # What intermod-register needs to rebuild the network and check compatibility. The runner sets what it
+        # knows (the data, the network's arguments); the integration is the module's own.
         if self.checkpoint_metadata is not None:
-            write_metadata(checkpoint, self.checkpoint_metadata)
+            write_metadata(checkpoint, replace(self.checkpoint_metadata, integration_steps=self.integration_steps))

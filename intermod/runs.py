@@ -20,6 +20,9 @@ IDENTITY_KEYS = ("experiment", "name", "method", "fold", "seed")
 # Keys that do not change a run's results: never part of its identity, never a reason to refuse a resume.
 NEUTRAL_KEYS = ("force", "torch_threads", "paths", "data.root", "logger", "trainer.enable_progress_bar",
                 "callbacks.model_checkpoint.dirpath", "callbacks.last_checkpoint", "callbacks.lr_monitor")
+# Keys added to the config after runs were made, with the value that reproduces those runs: a stored config
+# without the key was made with that value, so resuming or skipping such a run is no change of config.
+ADDED_KEYS = {"model.integration_steps": 0}
 MAX_VARIANT_CHARS = 64
 HASH_CHARS = 8
 
@@ -116,6 +119,7 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) ->
     """The keys whose values differ between a folder's stored resolved config and this job's, as
     'key: old -> new', neutral keys left out."""
     old, new = flatten(stored), flatten(current)
+    old = {**{k: v for k, v in ADDED_KEYS.items() if k in new}, **old}  # what a run made before a key meant
     missing = object()
 
     def shown(values: dict, key: str) -> str:

@@ -13,6 +13,9 @@ bit-for-bit and a crop would not warp exactly like the whole volume. Here intege
 weights of exactly 1 and 0, so a zero field (or an integer translation) is exact, and the result of
 a voxel depends only on its own position, never on the image size. Results agree with
 ``scipy.ndimage.map_coordinates(order=1, mode="nearest")`` and grid_sample(align_corners=True).
+
+:func:`integrate_velocity` (the diffeomorphic option, ``model.integration_steps``; not the paper's)
+turns a stationary velocity field into a displacement by scaling and squaring with this same warp.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["warp", "warp_labels", "crop_center", "field_offset", "SpatialTransformer"]
+__all__ = ["warp", "warp_labels", "integrate_velocity", "crop_center", "field_offset", "SpatialTransformer"]
 
 MODES = ("bilinear", "nearest")
 PADDING_MODES = ("border", "zeros")
@@ -137,6 +140,39 @@ def warp_labels(labels: Tensor, phi: Tensor, padding_mode: str = "border") -> Te
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be an integer (or bool) tensor, got {labels.dtype}")
     return warp(labels, phi, mode="nearest", padding_mode=padding_mode)
+
+
+def integrate_velocity(velocity: Tensor, steps: int) -> Tensor:
+    """Displacement (B, 3, X, Y, Z) of the flow of a stationary velocity field after unit time, by
+    scaling and squaring (Arsigny et al. 2006; VoxelMorph's ``VecInt``).
+
+    ``velocity`` is (B, 3, X, Y, Z) in voxels, as :func:`warp`'s ``phi``. The velocity is scaled to
+    ``u = v / 2**steps`` (small enough that x -> x + u is close to the flow for time 2**-steps), then
+    composed with itself ``steps`` times: ``u <- u + warp(u, u)``, i.e. (x + u) o (x + u) in the pull-back
+    convention of :func:`warp`, which doubles the time each step. The warp is the trilinear Eq. 5 with
+    border padding, as everywhere else: where a composition samples outside the field, the edge voxels'
+    displacements are replicated (the velocity is taken as constant beyond the field, so a constant
+    velocity integrates exactly to itself). For a smooth velocity the result is a diffeomorphism up to the
+    discretisation (positive Jacobian determinants, where the same field used as a displacement folds);
+    7 steps match a 12-step reference to 0.01 voxel for a sinusoidal velocity of 3 voxels, and a rotation's
+    analytic displacement to 0.003 voxel (tests/test_spatial.py).
+
+    ``steps=0`` returns ``velocity`` itself: the velocity is the displacement (the paper's network).
+    Otherwise the result is in at least float32 (a bfloat16 velocity, from autocast, is integrated in
+    float32) and gradients flow to ``velocity``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"integration steps must be an int >= 0 (0: the velocity is the displacement), got {steps!r}")
+    if velocity.ndim != 5 or velocity.shape[1] != 3:
+        raise ValueError(f"velocity must be a (B, 3, X, Y, Z) field in voxels, got shape {tuple(velocity.shape)}")
+    if not velocity.is_floating_point():
+        raise ValueError(f"velocity must be floating point, got {velocity.dtype}")
+    if steps == 0:
+        return velocity
+    u = velocity.to(torch.promote_types(velocity.dtype, torch.float32)) / 2 ** steps
+    for _ in range(steps):
+        u = u + warp(u, u)
+    return u
 
 
 class SpatialTransformer(nn.Module):

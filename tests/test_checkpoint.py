@@ -31,6 +31,7 @@ def test_a_checkpoint_written_before_this_module_reads_back_unchanged():
     assert meta.spacing == (2.0, 2.0, 2.0) and meta.orientation == "RAS" and meta.label_free is True
     assert meta.ct_window == (-160.0, 240.0) and meta.mr_percentiles == (0.5, 99.5)
     assert meta.net["field_resolution"] == "half" and meta.patch_size == (60, 56, 48)
+    assert meta.integration_steps == 0  # before the diffeomorphic option: the network predicted the displacement
     assert meta.to_dict() == WRITTEN  # what training writes now is what it wrote then
 
 
@@ -40,7 +41,7 @@ def test_values_are_normalised_and_round_trip_through_a_saved_checkpoint(tmp_pat
     assert meta.intermod_version == intermod.__version__
     checkpoint = {"state_dict": {}}
     write_metadata(checkpoint, meta)
-    assert checkpoint[KEY]["format"] == FORMAT_VERSION and checkpoint[KEY]["spacing"] == [1.5, 1.5, 3.0]
+    assert checkpoint[KEY]["format"] == 1 and checkpoint[KEY]["spacing"] == [1.5, 1.5, 3.0]
     torch.save(checkpoint, tmp_path / "model.ckpt")
     assert read_metadata(torch.load(tmp_path / "model.ckpt", weights_only=False), tmp_path / "model.ckpt") == meta
 
@@ -51,7 +52,23 @@ def test_older_optional_entries_default_and_unknown_entries_are_ignored():
     assert (meta.labels, meta.patch_size, meta.label_free, meta.intermod_version) == ({}, None, False, "unknown")
 
 
-@pytest.mark.parametrize("version", [0, 2, None])
+def test_a_diffeomorphic_checkpoint_records_its_steps_in_a_format_older_readers_refuse(tmp_path):
+    """A reader of format 1 ignores entries it does not know: it would warp by the velocity as if it were the
+    displacement. integration_steps > 0 is therefore written as format 2, which such a reader refuses (as this
+    one refuses format 3); 0 steps stays format 1, without the entry."""
+    meta = metadata(integration_steps=7)
+    written = meta.to_dict()
+    assert written["format"] == FORMAT_VERSION == 2 and written["integration_steps"] == 7
+    checkpoint = {"state_dict": {}}
+    write_metadata(checkpoint, meta)
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    read = read_metadata(torch.load(tmp_path / "model.ckpt", weights_only=False), tmp_path / "model.ckpt")
+    assert read == meta and read.integration_steps == 7
+    assert "integration_steps" not in metadata().to_dict() and metadata(integration_steps=0).to_dict()["format"] == 1
+    assert CheckpointMetadata.from_dict({**WRITTEN, "format": 2}).integration_steps == 0
+
+
+@pytest.mark.parametrize("version", [0, 3, None])
 def test_another_format_version_is_refused_saying_which_and_what_to_do(version):
     written = {**WRITTEN, "format": version} if version is not None else {k: v for k, v in WRITTEN.items()
                                                                          if k != "format"}
@@ -59,7 +76,7 @@ def test_another_format_version_is_refused_saying_which_and_what_to_do(version):
         CheckpointMetadata.from_dict(written, "runs/old/best.ckpt")
     assert str(caught.value) == (
         f"runs/old/best.ckpt: checkpoint from another intermod version (format {version!r}, written by intermod "
-        f"0.1.0; this is intermod {intermod.__version__}, which reads format 1): register with the intermod that "
+        f"0.1.0; this is intermod {intermod.__version__}, which reads formats 1, 2): register with the intermod that "
         "trained it, or train again")
 
 
@@ -81,6 +98,9 @@ def test_a_missing_entry_is_named(entry):
     ("mr_percentiles", "high", "must be two increasing numbers"),
     ("net", None, "must name the network class ('_target_')"),
     ("labels", [1, 2], "must map organ names to label values"),
+    ("integration_steps", -1, "must be an int >= 0"),
+    ("integration_steps", 7.5, "must be an int >= 0"),
+    ("integration_steps", True, "must be an int >= 0"),
 ])
 def test_a_bad_entry_is_named_with_its_value(entry, value, problem):
     with pytest.raises(CheckpointError) as caught:

@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 
-from intermod.inference import (InferenceNetwork, fold_batchnorm, native_bf16, predict_field, register_volumes,
-                                resolve_precision)
+from intermod.inference import (InferenceNetwork, fold_batchnorm, native_bf16, predict_field, predict_network_output,
+                                register_volumes, resolve_precision)
 from intermod.networks.unet import RegistrationUNet
+from intermod.spatial import integrate_velocity, warp
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,28 @@ def test_tiled_and_whole_volume_fields_are_equal(trained_like_net, shape):
     assert whole.shape == tiled.shape == (1, 3, *shape)  # every voxel gets a displacement
     assert whole.abs().max() > 1e-3  # a non-trivial field, so equality means something
     torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_a_velocity_is_integrated_once_over_the_whole_volume_so_tiled_and_whole_agree(voxel_field_net, volume_pair):
+    """The diffeomorphic option: the stitched velocity is integrated, not each tile's (no seams, no
+    dependence on the tiling)."""
+    velocity = predict_network_output(voxel_field_net, *volume_pair)
+    whole = predict_field(voxel_field_net, *volume_pair, mode="whole", integration_steps=7)
+    tiled = predict_field(voxel_field_net, *volume_pair, mode="tiled", tile=52, integration_steps=7)
+    torch.testing.assert_close(whole, integrate_velocity(velocity, 7))
+    assert (whole - velocity).abs().max() > 0.5  # velocities of a few voxels: the integration matters
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-4)
+    assert torch.equal(predict_field(voxel_field_net, *volume_pair), velocity)  # 0 steps: the network's output
+
+
+def test_register_volumes_warps_by_the_integrated_field_and_returns_the_velocity(trained_like_net):
+    ct, mr = torch.rand(1, 1, 20, 18, 16), torch.rand(1, 1, 20, 18, 16)
+    labels = torch.randint(0, 4, (1, 1, 20, 18, 16))
+    out = register_volumes(trained_like_net, ct, mr, labels, integration_steps=5)
+    torch.testing.assert_close(out["field"], integrate_velocity(out["velocity"], 5))
+    torch.testing.assert_close(out["velocity"], predict_network_output(trained_like_net, ct, mr))
+    torch.testing.assert_close(out["mr_warped"], warp(mr, out["field"]))
+    assert "velocity" not in register_volumes(trained_like_net, ct, mr, labels)
 
 
 def test_register_volumes_warps_image_and_labels(trained_like_net):

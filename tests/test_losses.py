@@ -108,6 +108,24 @@ def test_registration_loss_single_modality_weights_are_one(image):
     assert set(parts) == {"sim_mi", "laplacian", "l2", "total"}
 
 
+def test_with_a_velocity_the_data_terms_warp_by_phi_and_eq4_regularises_the_velocity(image):
+    """The diffeomorphic option: phi is the integrated displacement, the velocity what the network predicted."""
+    ct, mr, ct_p, mr_p = image, image.square(), image.flip(3), image.flip(4)
+    torch.manual_seed(1)
+    phi, velocity = (0.5 * torch.randn(2, 3, 4, 5, 6, dtype=torch.float64) for _ in range(2))
+    loss = RegistrationLoss("dual")
+    total, parts = loss(phi, ct, mr, ct_p, mr_p, velocity=velocity)
+    reference, reference_parts = loss(phi, ct, mr, ct_p, mr_p)
+    for key in ("sim_ct", "sim_mr"):
+        assert parts[key] == reference_parts[key]
+    reg, lap, l2 = smoothness(velocity)
+    torch.testing.assert_close(parts["laplacian"], lap.mean())
+    torch.testing.assert_close(parts["l2"], l2.mean())
+    torch.testing.assert_close(total, reference - smoothness(phi)[0].mean() + reg.mean())
+    with pytest.raises(ValueError, match="velocity shape"):
+        loss(phi, ct, mr, ct_p, mr_p, velocity=velocity[..., :5])
+
+
 @pytest.mark.parametrize("method, similarity", [("dual", "ncc"), ("dual", "lncc"), ("mi", "ncc")])
 def test_registration_loss_gradients_reach_phi(image, method, similarity):
     phi = (0.3 * torch.randn(2, 3, 6, 7, 8, dtype=torch.float64)).requires_grad_()

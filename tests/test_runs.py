@@ -55,3 +55,13 @@ def test_where_and_how_often_checkpoints_are_written_is_neutral_but_which_one_is
                              "early_stopping": {"patience": 8}}}
     assert config_differences(stored, current) == ["callbacks.early_stopping.patience: 4 -> 8",
                                                    "callbacks.model_checkpoint.monitor: 'val/dice_mean' -> 'val/loss'"]
+
+
+def test_a_key_added_after_a_run_was_made_reads_as_the_value_that_made_it():
+    """model.integration_steps came with the diffeomorphic option: a config stored before it has no such key
+    and was made with 0 steps, so resuming or skipping that run is no change of config."""
+    stored = {"model": {"net": {"widths": [8, 16, 32]}}, "method": {"name": "dual"}}
+    current = {"model": {"net": {"widths": [8, 16, 32]}, "integration_steps": 0}, "method": {"name": "dual"}}
+    assert config_differences(stored, current) == []
+    current["model"]["integration_steps"] = 7
+    assert config_differences(stored, current) == ["model.integration_steps: 0 -> 7"]

@@ -100,7 +100,7 @@ def network_and_warp(paths: dict[str, Path], device: str, precision: str, repeat
 
     def step():
         with torch.no_grad():
-            warp(mr, predict_field(model.net, ct, mr, model.inference))
+            warp(mr, predict_field(model.net, ct, mr, model.inference, integration_steps=model.integration_steps))
         if model.device.type == "cuda":
             torch.cuda.synchronize()
 

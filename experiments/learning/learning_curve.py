@@ -99,8 +99,9 @@ class LearningCurve(pl.Callback):
         with trainer.precision_plugin.forward_context():
             for batch in self.val_batches:
                 out = pl_module.register_batch(batch)
+                velocity = out["velocity"].float() if "velocity" in out else None  # model.integration_steps > 0
                 loss, _ = pl_module.loss(out["field"].float(), batch["ct"], batch["mr"], batch["ct_paired"],
-                                         batch["mr_paired"])
+                                         batch["mr_paired"], velocity=velocity)
                 result = pl_module.evaluate_batch(batch, out)
                 val_loss.append(float(loss))
                 folding.append(result["folding"]["percent_nonpositive_jacobian"])

@@ -61,7 +61,10 @@ def upsample_half_resolution(field: Tensor) -> Tensor:
 
 
 class RegistrationUNet(nn.Module):
-    """U-Net mapping a (B, 2, X, Y, Z) CT+MR patch pair to a (B, 3, X-40, Y-40, Z-40) field (voxels)."""
+    """U-Net mapping a (B, 2, X, Y, Z) CT+MR patch pair to a (B, 3, X-40, Y-40, Z-40) field (voxels).
+
+    The field is the displacement, or with ``model.integration_steps`` > 0 a stationary velocity that the
+    module and intermod.inference integrate (intermod.spatial.integrate_velocity); the network is the same."""
 
     in_channels = 2
     out_channels = 3

@@ -28,6 +28,7 @@ class Model:
     method: str
     device: torch.device
     precision: str  # "fp32" or "bf16": what the network runs in
+    integration_steps: int = 0  # > 0: the network predicts a velocity, integrated into the field (checkpoint)
 
 
 def _first_line(err: BaseException) -> str:
@@ -80,4 +81,4 @@ def load_model(path: str | Path, device: str = "cpu", precision: str = "auto") -
         raise InputError(f"{path}: unusable intermod checkpoint ({missing})") from None
     return Model(net=network, spacing=meta.spacing, orientation=meta.orientation, inference=meta.inference,
                  ct_window=meta.ct_window, mr_percentiles=meta.mr_percentiles, labels=meta.labels, method=meta.method,
-                 device=torch_device, precision=precision)
+                 device=torch_device, precision=precision, integration_steps=meta.integration_steps)

@@ -123,7 +123,7 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
         ct_n, mr_n = normalise(to_array(ct_grid), to_array(resample(mr, grid, transform)), model)
     with _timed(timings, "network"):
         ct_d, mr_d = ct_n.to(model.device), mr_n.to(model.device)
-        field = predict_field(model.net, ct_d, mr_d, model.inference)
+        field = predict_field(model.net, ct_d, mr_d, model.inference, integration_steps=model.integration_steps)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
     with _timed(timings, "refine"):
@@ -140,7 +140,8 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
     with _timed(timings, "metrics"):
         ct_before = normalise(to_array(ct_grid), to_array(resample(mr, grid)), model)
         report = {
-            "network": {"device": str(model.device), "precision": model.precision, "inference": model.inference},
+            "network": {"device": str(model.device), "precision": model.precision, "inference": model.inference,
+                        **({"integration_steps": model.integration_steps} if model.integration_steps else {})},
             "refinement": dataclasses.asdict(refinement),
             "model_grid": {"size": list(grid.GetSize()), "spacing": list(grid.GetSpacing()),
                            "orientation": model.orientation, "origin_lps": list(grid.GetOrigin())},

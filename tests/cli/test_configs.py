@@ -102,6 +102,20 @@ def test_defaults_are_the_paper_s():
     assert cfg.model.scheduler.step_size == 4 and cfg.model.scheduler.gamma == 0.5
     assert cfg.data.batch_size == 2 and cfg.data.patch_size == 68 and cfg.data.flip_augment
     assert list(cfg.model.net.widths) == [32, 64, 128]
+    assert cfg.model.integration_steps == 0  # the network predicts the displacement
+
+
+@pytest.mark.parametrize("experiment", GROUP("experiment"))
+def test_only_the_diffeomorphic_experiments_integrate_a_velocity(experiment):
+    steps = compose_train([f"experiment={experiment}"]).model.integration_steps
+    assert steps == (7 if experiment.endswith("diffeo") else 0)
+
+
+def test_cpu_diffeo_is_the_cpu_recipe_with_seven_integration_steps():
+    cpu, diffeo = compose_train(["experiment=cpu"]), compose_train(["experiment=cpu_diffeo"])
+    for key in ("data", "trainer", "method"):
+        assert diffeo[key] == cpu[key], key
+    assert diffeo.model == {**cpu.model, "integration_steps": 7} and diffeo.name == "cpu_diffeo"
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -199,17 +199,19 @@ def test_written_field_is_applied_identically_by_ants_and_simpleitk(data, regist
     assert np.abs(warped_by_ants - ours_mr).mean() < 1.0  # MR values span 0 - 900
 
 
-def test_field_is_the_network_prediction_where_grids_coincide(tmp_path):
+@pytest.mark.parametrize("integration_steps", [0, 7])
+def test_field_is_the_network_prediction_where_grids_coincide(tmp_path, integration_steps):
     """CT on the model grid (RAS, 2 mm), MR on the same grid, --no-affine: the written field, in
-    voxels, is the network's own prediction on the training normalisation, and the warped labels are
-    intermod.spatial.warp_labels's."""
+    voxels, is the network's own prediction on the training normalisation (with integration_steps, the
+    integral of its velocity), and the warped labels are intermod.spatial.warp_labels's."""
     grid = make_grid((40, 36, 32), (2.0, 2.0, 2.0), RAS)
     ct, _, _ = render(grid)
     _, mr, mr_labels = render(grid, shift=(3.0, -2.0, 2.0))
     for name, image in (("ct", ct), ("mr", mr), ("mr_labels", mr_labels)):
         sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
     net = tiny_net(seed=1)
-    checkpoint = save_checkpoint(tmp_path / "model.ckpt", net)
+    metadata = {**METADATA, "format": 2, "integration_steps": integration_steps} if integration_steps else METADATA
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt", net, metadata)
     code, _, stderr = run("--ct", tmp_path / "ct.nii.gz", "--mr", tmp_path / "mr.nii.gz", "--checkpoint", checkpoint,
                           "--out", tmp_path / "out", "--mr-labels", tmp_path / "mr_labels.nii.gz", "--no-affine",
                           "--precision", "fp32")
@@ -218,7 +220,13 @@ def test_field_is_the_network_prediction_where_grids_coincide(tmp_path):
     subject = Normalisation(METADATA["ct_window"], METADATA["mr_percentiles"])(tio.Subject(
         ct=tio.ScalarImage(tensor=torch.from_numpy(to_array(ct))[None]),
         mr=tio.ScalarImage(tensor=torch.from_numpy(to_array(mr))[None])))
-    expected = predict_field(net, subject["ct"].data[None].float(), subject["mr"].data[None].float())
+    expected = predict_field(net, subject["ct"].data[None].float(), subject["mr"].data[None].float(),
+                             integration_steps=integration_steps)
+    if integration_steps:
+        velocity = predict_field(net, subject["ct"].data[None].float(), subject["mr"].data[None].float())
+        assert (expected - velocity).abs().max() > 0.1  # the integral, not the velocity, is written
+        report = json.loads((tmp_path / "out" / OUTPUT_NAMES["report"]).read_text())
+        assert report["network"]["integration_steps"] == 7
     field, affine = read_displacement_field(tmp_path / "out" / OUTPUT_NAMES["field"])
     np.testing.assert_allclose(affine, nib.load(tmp_path / "ct.nii.gz").affine, atol=1e-5)
     u = lps_to_voxel(field, index_to_physical(ct))
@@ -316,7 +324,7 @@ def _bad_arguments(case: str, data: dict, tmp: Path) -> tuple[list, str]:
         paths["checkpoint"] = save_checkpoint(tmp / "old.ckpt", metadata={**METADATA, "format": 0,
                                                                                 "intermod_version": "0.0.1"})
     elif case == "newer_version":
-        paths["checkpoint"] = save_checkpoint(tmp / "new.ckpt", metadata={**METADATA, "format": 2})
+        paths["checkpoint"] = save_checkpoint(tmp / "new.ckpt", metadata={**METADATA, "format": 3})
     elif case == "missing_entry":
         paths["checkpoint"] = save_checkpoint(tmp / "partial.ckpt",
                                               metadata={k: v for k, v in METADATA.items() if k != "spacing"})

@@ -236,3 +236,24 @@ def test_the_cpu_recipe_trains_end_to_end_and_its_checkpoint_rebuilds_the_networ
     loaded = subprocess.run([sys.executable, "-c", script, str(out / "checkpoints" / "best.ckpt")],
                             capture_output=True, text=True)
     assert loaded.returncode == 0 and loaded.stdout.splitlines()[-1] == "[]", loaded.stderr[-2000:]
+
+
+def test_the_diffeomorphic_recipe_trains_and_its_checkpoint_registers_with_the_integral(tmp_path, tiny_dataset):
+    """experiment=cpu_diffeo at tiny scale: the network's velocity integrated in training, validation and test,
+    the steps recorded in the checkpoint (format 2) and read back by intermod-register's loader."""
+    from intermod.registration import load_model
+
+    cmd = [sys.executable, "-m", "intermod.cli.train", "experiment=cpu_diffeo", f"data.root={tiny_dataset}",
+           f"paths.log_dir={tmp_path}", "name=t", "data.synthesize=null", "data.patch_size=[60,56,48]",
+           "data.samples_per_volume=1", "trainer.max_steps=10", "model.scheduler.warmup_steps=2",
+           "trainer.enable_progress_bar=false", "logger=none"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = run_dir(tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 10
+    for subject in metrics["subjects"].values():
+        assert subject["folding"]["percent_nonpositive_jacobian"] == 0.0 and subject["folding"]["min_jacobian"] > 0
+    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["intermod"]["format"] == 2 and checkpoint["intermod"]["integration_steps"] == 7
+    assert load_model(out / "checkpoints" / "best.ckpt", precision="fp32").integration_steps == 7
