@@ -219,3 +219,17 @@ def test_defaults_are_the_packages_own():
     signature = inspect.signature(_import_convex_adam())
     for name, value in DEFAULT_OPTIONS.items():
         assert signature.parameters[name].default == value, name
+
+
+def test_method_config_instantiates_with_the_module_defaults():
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).parents[2] / "conf" / "method" / "convexadam.yaml")
+    assert cfg.name == "convexadam" and cfg.learned is False
+    partial = instantiate(cfg.register)
+    assert partial.func is register
+    assert {k: v for k, v in partial.keywords.items() if k in DEFAULT_OPTIONS} == DEFAULT_OPTIONS
+    assert partial.keywords["device"] == "cpu" and partial.keywords["threads"] == 1
