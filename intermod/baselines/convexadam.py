@@ -13,13 +13,16 @@ of 24 voxels = 48 mm at 2 mm, more than the few-cm misalignment of a pelvis pair
 smoothing, ``grid_sp_adam=2, selected_niter=80, lambda_weight=1.25`` (Adam on a 2-voxel = 4 mm
 grid, 80 steps, diffusion weight 1.25), ``selected_smooth=0``, ``ic=True``. Everything is in voxels:
 the method does not know the spacing, so it suits (near-)isotropic grids such as intermod's 1, 2
-and 4 mm ones.
+and 4 mm ones. On the 2 mm phantom (109x98x50, subject 3) Dice goes 0.832/0.862/0.827 ->
+0.936/0.824/0.938 (bladder/prostate/rectum) in ~21 s on one CPU thread.
 
 Intensities (``normalise=True``): each image is mapped linearly so that its 0.5th and 99.5th
 percentiles become 0 and 1, and clipped there. MIND-SSC divides the patch distances by their
-local mean, so it is invariant to a linear intensity map (raw HU and the rescaled CT give the same
-field up to rounding, checked in the tests); the clipping only tames outliers (CT bone and metal,
-MR hot spots), and the [0, 1] range keeps features in range for float16 runs on a GPU.
+local mean, so it is invariant to a linear intensity map: raw HU and a rescaled CT give the same
+field up to float32 rounding (< 0.02 voxel, tested), and CT in HU with an MR in arbitrary units
+needs no matching. What the mapping changes is the clipping, which keeps outliers (CT bone and
+metal, MR hot spots) out of the global clamp MIND puts on its variance; on the 2 mm phantom it
+changes little (mean Dice 0.899 with it, 0.900 without), it is kept for real scans.
 
 Units and axis order, verified with known shifts (``tests/baselines/test_convexadam.py``):
 
