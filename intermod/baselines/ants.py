@@ -48,17 +48,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from intermod.baselines.result import ClassicalResult, check_inputs, check_seed, private_workdir
+
+__all__ = ["ClassicalResult", "register_classical", "fit_shrink_factors", "ants_workdir", "ants_random_seed",
+           "single_threaded_ants", "run_in_child", "DEFAULT_OPTIONS", "METHODS"]
 
 METHODS = {"affine": "Affine", "syn": "SyN"}
 
@@ -90,24 +92,9 @@ _RESERVED = {"fixed", "moving", "type_of_transform", "outprefix", "aff_metric", 
 _THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
-@dataclass
-class ClassicalResult:
-    """The MR registered to the CT by a classical method."""
-
-    warped: np.ndarray  # MR resampled into the CT grid, linear interpolation, float32
-    warped_labels: np.ndarray  # MR labels resampled with ANTs 'genericLabel', the input dtype
-    field: np.ndarray  # (3, X, Y, Z) float32 total displacement in voxels, pull-back
-    seconds: float  # registration + label resampling + field composition, without process start
-
-
-@contextmanager
 def ants_workdir(prefix: str = "intermod-ants-"):
     """A private temporary folder for ANTs outputs; ``outprefix`` must point inside it."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return private_workdir(prefix)
 
 
 def single_threaded_ants() -> None:
@@ -153,8 +140,7 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     spacing = _check_inputs(ct, mr, mr_labels, spacing)
-    if not 0 <= seed < 2**31 - 1:
-        raise ValueError(f"seed must be in [0, 2**31 - 1), got {seed}")
+    seed = check_seed(seed)
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {threads}")
     merged = _registration_options(options)
@@ -181,24 +167,10 @@ def register_classical(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, sp
 
 
 def _check_inputs(ct, mr, mr_labels, spacing) -> list[float]:
-    """Raise a clear error for inputs ANTs would reject late or misread; return the spacing."""
-    arrays = {"ct": ct, "mr": mr, "mr_labels": mr_labels}
-    for name, array in arrays.items():
-        if np.ndim(array) != 3:
-            raise ValueError(f"{name} must be a 3D (X, Y, Z) array, got shape {np.shape(array)}")
-    shapes = {name: array.shape for name, array in arrays.items()}
-    if len(set(shapes.values())) != 1:
-        raise ValueError(f"ct, mr and mr_labels must share one grid, got shapes {shapes}")
-    for name in ("ct", "mr"):
-        if np.isnan(arrays[name]).any():
-            raise ValueError(f"{name} contains NaN")
-    if not np.issubdtype(mr_labels.dtype, np.integer):
-        raise ValueError(f"mr_labels must be an integer array, got dtype {mr_labels.dtype}")
+    """The shared checks, and one of ANTs' own; return the spacing."""
+    spacing = check_inputs(ct, mr, mr_labels, spacing)
     if mr_labels.size and np.abs(mr_labels).max() >= 2**24:  # ANTs resamples them as float32
         raise ValueError("mr_labels must be below 2**24 in absolute value")
-    spacing = [float(s) for s in spacing]
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be 3 positive floats (mm), got {spacing}")
     return spacing
 
 

@@ -12,8 +12,8 @@ from intermod.evaluation.table.reading import BEFORE, METRICS, REFERENCE_COLUMNS
 from intermod.evaluation.table.statistics import REFERENCE_METHOD, Cell, PValue, Table1
 from intermod.io import atomic_write_text
 
-DISPLAY = {BEFORE: "Before", "affine": "Affine", "syn": "SyN", "ct": "CT", "mr": "MR", "dual": "Dual",
-           "dual_io": "Dual + IO", "mi": "MI", TRUTH: "Ground truth"}
+DISPLAY = {BEFORE: "Before", "affine": "Affine", "syn": "SyN", "elastix": "elastix", "convexadam": "ConvexAdam",
+           "ct": "CT", "mr": "MR", "dual": "Dual", "dual_io": "Dual + IO", "mi": "MI", TRUTH: "Ground truth"}
 
 # Cao et al., MLMI 2018, Table 1: (mean, std) per organ for Affine (MI), SyN (MI), CT, MR, Dual.
 PAPER_COLUMNS = ("Affine (MI)", "SyN (MI)", "CT", "MR", "Dual (proposed)")

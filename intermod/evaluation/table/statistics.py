@@ -13,7 +13,7 @@ from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, FOLDING, IMAGE
                                                Collection, Job, Problem)
 from intermod.runs import METRICS_FILE
 
-METHOD_ORDER = (BEFORE, "affine", "syn", "ct", "mr", "dual", "dual_io", TRUTH)
+METHOD_ORDER = (BEFORE, "affine", "syn", "elastix", "convexadam", "ct", "mr", "dual", "dual_io", TRUTH)
 REFERENCE_METHOD = "dual"
 MIN_PAIRS = 6
 FEW_PAIRS = (f"fewer than {MIN_PAIRS} pairs (with {MIN_PAIRS - 1} or fewer the smallest exact two-sided p is "

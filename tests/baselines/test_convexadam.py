@@ -1,0 +1,235 @@
+"""ConvexAdam baseline: units, axis order and sign on known shifts, determinism, inputs, side effects.
+
+Small volumes (40x36x32 voxels, ~5-20 s per registration on 2 busy cores); the expensive results are
+computed once per module.
+"""
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter, shift as nd_shift
+
+from intermod.baselines.convexadam import DEFAULT_OPTIONS, register
+from intermod.baselines.result import ClassicalResult
+
+SHAPE = (40, 36, 32)  # 40 is not a multiple of grid_sp=6: the padding path runs
+SPACING = (2.0, 2.0, 2.0)
+SHIFT = (3.0, -2.0, 1.5)  # voxels: distinct per axis, both signs, one sub-voxel
+INTERIOR = (slice(8, -8),) * 3  # away from the borders, where the wrapped texture meets edge padding
+
+
+def texture(seed=0):
+    """A smooth periodic random texture, so a wrapped shift of it is an exact translation."""
+    rng = np.random.default_rng(seed)
+    return gaussian_filter(rng.normal(size=SHAPE), 2.0, mode="wrap").astype(np.float32)
+
+
+def ellipsoid_labels(center):
+    """Label 1 in an ellipsoid and 2 in a smaller one beside it, centred in continuous voxel coordinates."""
+    grid = np.meshgrid(*[np.arange(n, dtype=float) for n in SHAPE], indexing="ij")
+    labels = np.zeros(SHAPE, np.int16)
+    for label, offset, radii in ((1, (0, 0, 0), (7, 6, 5)), (2, (0, 9, 0), (4, 3, 4))):
+        c = np.add(center, offset)
+        labels[sum(((g - ci) / r) ** 2 for g, ci, r in zip(grid, c, radii)) <= 1] = label
+    return labels
+
+
+def shifted_pair():
+    """CT-like fixed image and an MR-like moving one with inverted contrast, moved by SHIFT:
+    moving(x) = fixed(x - SHIFT), so the pull-back field is +SHIFT everywhere."""
+    fixed = 40.0 + 300.0 * texture()
+    moving = 500.0 - 200.0 * nd_shift(texture(), SHIFT, order=3, mode="grid-wrap")
+    center = (18.0, 12.0, 16.0)
+    return (fixed.astype(np.float32), moving.astype(np.float32), ellipsoid_labels(center),
+            ellipsoid_labels(np.add(center, SHIFT)))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return shifted_pair()
+
+
+@pytest.fixture(scope="module")
+def shifted(pair):
+    fixed, moving, _, moving_labels = pair
+    return register(fixed, moving, moving_labels, SPACING)
+
+
+def dice(a, b, label):
+    a, b = a == label, b == label
+    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_result_types_and_shapes(shifted, pair):
+    assert isinstance(shifted, ClassicalResult)
+    assert shifted.field.shape == (3, *SHAPE) and shifted.field.dtype == np.float32
+    assert shifted.warped.shape == SHAPE and shifted.warped.dtype == np.float32
+    assert shifted.warped_labels.shape == SHAPE and shifted.warped_labels.dtype == np.int16
+    assert set(np.unique(shifted.warped_labels)) <= {0, 1, 2}
+    assert shifted.seconds > 0
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_known_shift_recovered_in_voxels_per_axis(shifted, axis):
+    """Component i is the displacement along array axis i, in voxels, pull-back, sign included;
+    the (N - 1) / N shortfall of convexAdam's Adam stage is corrected (without it about 2.86, -1.89, 1.42)."""
+    component = shifted.field[axis][INTERIOR]
+    assert abs(component.mean() - SHIFT[axis]) < 0.15, (axis, component.mean())
+    assert component.std() < 0.3
+
+
+def test_warped_labels_match_fixed_labels(shifted, pair):
+    _, _, fixed_labels, moving_labels = pair
+    for label in (1, 2):
+        assert dice(fixed_labels, moving_labels, label) < 0.75  # the shift matters
+        assert dice(fixed_labels, shifted.warped_labels, label) > 0.9, label
+
+
+def test_warped_image_matches_the_fixed_texture(shifted, pair):
+    fixed, moving, _, _ = pair
+    expected = 500.0 - 200.0 * texture()  # the moving contrast, unshifted
+    corr = np.corrcoef(shifted.warped[INTERIOR].ravel(), expected[INTERIOR].ravel())[0, 1]
+    assert corr > 0.98
+    assert np.corrcoef(moving[INTERIOR].ravel(), expected[INTERIOR].ravel())[0, 1] < 0.8
+
+
+def test_same_inputs_are_bit_identical_and_threads_restored(shifted, pair):
+    fixed, moving, _, moving_labels = pair
+    threads = torch.get_num_threads()
+    rng_state = torch.random.get_rng_state()
+    again = register(fixed, moving, moving_labels, SPACING)
+    assert np.array_equal(again.field, shifted.field)
+    assert np.array_equal(again.warped, shifted.warped)
+    assert np.array_equal(again.warped_labels, shifted.warped_labels)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # the caller's generator is untouched
+
+
+def test_field_is_invariant_to_a_linear_intensity_map(pair):
+    """MIND-SSC divides patch distances by their local mean: HU or rescaled CT give one field."""
+    fixed, moving, _, moving_labels = pair
+    raw = register(fixed, moving, moving_labels, SPACING, normalise=False)
+    mapped = register(0.01 * fixed + 7.0, 3.0 * moving, moving_labels, SPACING, normalise=False)
+    difference = np.abs(raw.field - mapped.field)
+    assert difference.max() < 0.02 and difference.mean() < 1e-3  # float32 rounding, carried through Adam
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """An empty system temp folder and working directory for this test."""
+    tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    tmp.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.chdir(cwd)
+    return tmp, cwd
+
+
+def test_identity_pair_gives_zero_field_no_files_no_warnings(private_tmp):
+    image = 100.0 * texture(1)
+    labels = ellipsoid_labels((20.0, 14.0, 16.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = register(image, image.copy(), labels, SPACING)
+    # Not exactly 0 (0.06 voxel at most here): the discrete search's ties and Adam's steps of lr 1.
+    assert np.abs(result.field).max() < 0.1 and np.abs(result.field).mean() < 0.02
+    assert np.array_equal(result.warped_labels, labels)
+    assert [w for w in caught if "convexAdam" in w.filename] == []  # its align_corners notices are muted
+    tmp, cwd = private_tmp
+    assert list(tmp.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
+def test_importing_the_package_leaves_warning_filters_alone():
+    """convexAdam runs warnings.filterwarnings('ignore') on import; it must not reach the process."""
+    code = ("import sys, warnings\n"
+            "ignore_all = ('ignore', None, Warning, None, 0)  # what filterwarnings('ignore') inserts\n"
+            "assert ignore_all not in warnings.filters\n"
+            "from intermod.baselines.convexadam import _import_convex_adam; _import_convex_adam()\n"
+            "assert 'convexAdam.convex_adam_MIND' in sys.modules\n"
+            "assert ignore_all not in warnings.filters, warnings.filters[:3]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_dice_improves_on_a_phantom_pair():
+    from intermod.data.phantom import GRIDS, LABELS, synthesize_subject
+
+    grid = GRIDS["tiny"]  # 55x49x25 at 4 mm
+    subject = synthesize_subject(3, grid)
+    result = register(subject["ct"], subject["mr"], subject["mr_labels"], grid.spacing)
+    before = [dice(subject["ct_labels"], subject["mr_labels"], v) for v in LABELS.values()]
+    after = [dice(subject["ct_labels"], result.warped_labels, v) for v in LABELS.values()]
+    assert np.mean(after) > np.mean(before) + 0.01, (before, after)
+    assert after[0] > before[0] + 0.03, (before, after)  # the bladder, the largest organ
+
+
+def small_inputs(shape=(18, 18, 18)):
+    image = texture()[: shape[0], : shape[1], : shape[2]].copy()
+    return image, image.copy(), np.zeros(shape, np.int16)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ic": False}, "issue #20"),
+    ({"grid_spacing": 4}, r"unknown ConvexAdam options \['grid_spacing'\]"),
+    ({"selected_smooth": 4}, "selected_smooth must be 0 or odd"),
+    ({"grid_sp": 2.5}, "grid_sp must be an int"),
+    ({"disp_hw": 0}, "disp_hw must be >= 1"),
+    ({"lambda_weight": -1.0}, "lambda_weight must be a number >= 0"),
+    ({"selected_niter": 0}, "selected_niter must be >= 1 when lambda_weight > 0"),
+    ({"grid_sp": 10}, "axis 0 has 18 voxels: too few for grid_sp=10"),  # padded to 20: 2 cells
+
+])
+def test_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        register(*small_inputs(), SPACING, **options)
+
+
+def test_rejects_bad_inputs():
+    ct, mr, labels = small_inputs()
+    with pytest.raises(ValueError, match=r"share one grid.*\(18, 18, 18\).*\(18, 18, 17\)"):
+        register(ct, mr[..., :17], labels, SPACING)
+    with pytest.raises(ValueError, match="mr must be a 3D"):
+        register(ct, mr[None], labels, SPACING)
+    bad = ct.copy()
+    bad[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="ct contains NaN"):
+        register(bad, mr, labels, SPACING)
+    with pytest.raises(ValueError, match="mr_labels must be an integer"):
+        register(ct, mr, labels.astype(np.float32), SPACING)
+    with pytest.raises(ValueError, match="spacing must be 3 positive"):
+        register(ct, mr, labels, (2.0, 2.0))
+    with pytest.raises(ValueError, match="mr is constant"):
+        register(ct, np.full_like(mr, 5.0), labels, SPACING)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        register(ct, mr, labels, SPACING, seed=-1)
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        register(ct, mr, labels, SPACING, threads=0)
+
+
+def test_defaults_are_the_packages_own():
+    import inspect
+
+    from intermod.baselines.convexadam import _import_convex_adam
+
+    signature = inspect.signature(_import_convex_adam())
+    for name, value in DEFAULT_OPTIONS.items():
+        assert signature.parameters[name].default == value, name
+
+
+def test_method_config_instantiates_with_the_module_defaults():
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).parents[2] / "conf" / "method" / "convexadam.yaml")
+    assert cfg.name == "convexadam" and cfg.procedure == "intermod.runner.register_classically"
+    partial = instantiate(cfg.register)
+    assert partial.func is register
+    assert {k: v for k, v in partial.keywords.items() if k in DEFAULT_OPTIONS} == DEFAULT_OPTIONS
+    assert partial.keywords["device"] == "cpu" and partial.keywords["threads"] == 1
