@@ -7,46 +7,18 @@ import tempfile
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter, shift as nd_shift
 
 from intermod.baselines.elastix import DEFAULT_BSPLINE, _as_strings, register
 from intermod.baselines.result import ClassicalResult
+from known_shift import INTERIOR, SHAPE, SHIFT, dice, ellipsoid_labels, shifted_pair, texture
 
-SHAPE = (40, 36, 32)
 SPACING = (2.0, 2.5, 3.0)  # anisotropic: mm -> voxels must divide per axis
-SHIFT = (3.0, -2.0, 1.5)  # voxels: distinct per axis, both signs, one sub-voxel
-INTERIOR = (slice(8, -8),) * 3
 FAST = {"NumberOfResolutions": 2, "MaximumNumberOfIterations": 100}
 FAST_BSPLINE = {**FAST, "GridSpacingSchedule": [2, 1], "FinalGridSpacingInPhysicalUnits": 15.0}
 
 
 def fast_register(*args, **kwargs):
     return register(*args, affine=FAST, bspline=FAST_BSPLINE, **kwargs)
-
-
-def texture(seed=0):
-    """A smooth periodic random texture, so a wrapped shift of it is an exact translation."""
-    rng = np.random.default_rng(seed)
-    return gaussian_filter(rng.normal(size=SHAPE), 2.0, mode="wrap").astype(np.float32)
-
-
-def ellipsoid_labels(center):
-    grid = np.meshgrid(*[np.arange(n, dtype=float) for n in SHAPE], indexing="ij")
-    labels = np.zeros(SHAPE, np.uint8)
-    for label, offset, radii in ((1, (0, 0, 0), (7, 6, 5)), (2, (0, 9, 0), (4, 3, 4))):
-        c = np.add(center, offset)
-        labels[sum(((g - ci) / r) ** 2 for g, ci, r in zip(grid, c, radii)) <= 1] = label
-    return labels
-
-
-def shifted_pair():
-    """CT-like fixed image and an MR-like moving one with inverted contrast, moved by SHIFT:
-    moving(x) = fixed(x - SHIFT), so the pull-back field is +SHIFT everywhere."""
-    fixed = 40.0 + 300.0 * texture()
-    moving = 500.0 - 200.0 * nd_shift(texture(), SHIFT, order=3, mode="grid-wrap")
-    center = (18.0, 12.0, 16.0)
-    return (fixed.astype(np.float32), moving.astype(np.float32), ellipsoid_labels(center),
-            ellipsoid_labels(np.add(center, SHIFT)))
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +30,6 @@ def pair():
 def shifted(pair):
     fixed, moving, _, moving_labels = pair
     return fast_register(fixed, moving, moving_labels, SPACING)
-
-
-def dice(a, b, label):
-    a, b = a == label, b == label
-    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
 
 
 def test_result_types_and_shapes(shifted):
