@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from wandb_offline import wandb_run
 
 SMOKE = ["experiment=table1_smoke", "trainer.max_epochs=1", "data.samples_per_volume=2", "data.synthesize=null"]
@@ -102,7 +104,7 @@ def test_lightning_takes_ranks_from_slurm(monkeypatch):
 
 def test_dual_io_tests_the_dual_job_s_network_with_refinement(tmp_path, tiny_dataset):
     """method=dual,dual_io: dual_io trains nothing, tests dual's best checkpoint, refines each test field
-    (timed per subject) and so differs from dual; with another training config it trains its own."""
+    (timed per subject) and so differs from dual."""
     sweep = tmp_path / "multiruns" / "table1_smoke"
     multirun(tmp_path, tiny_dataset, "method=dual,dual_io", "fold=0", "hydra/launcher=basic")  # one after the other
     dual, refined = (json.loads((sweep / m / "fold0-seed0" / "metrics.json").read_text()) for m in ("dual", "dual_io"))
@@ -112,6 +114,9 @@ def test_dual_io_tests_the_dual_job_s_network_with_refinement(tmp_path, tiny_dat
     assert all(s["refine_s"] > 0 for s in refined["subjects"].values())
     assert refined["subjects"] != dual["subjects"]
 
+
+@pytest.mark.slow  # a training like any other (covered above and in test_train.py); only the fallback is new
+def test_dual_io_without_a_finished_dual_job_trains_its_own_network(tmp_path, tiny_dataset):
     own = multirun(tmp_path / "own", tiny_dataset, "method=dual_io", "fold=0")
     assert "no finished dual job" in own.stdout
     assert json.loads((tmp_path / "own" / "multiruns" / "table1_smoke" / "dual_io" / "fold0-seed0" /
