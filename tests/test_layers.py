@@ -101,7 +101,7 @@ def imports_of(name: str, source: str, modules: set[str], is_package: bool = Fal
 
 def all_imports() -> dict[str, set[tuple[str, int]]]:
     modules = package_modules()
-    return {name: imports_of(name, path.read_text(), set(modules), path.name == "__init__.py")
+    return {name: imports_of(name, path.read_text(encoding="utf-8"), set(modules), path.name == "__init__.py")
             for name, path in modules.items()}
 
 
