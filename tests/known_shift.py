@@ -36,3 +36,12 @@ def shifted_pair(label_dtype=np.uint8):
 def dice(a, b, label):
     a, b = a == label, b == label
     return 2.0 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def assert_result_shapes(result, label_dtype):
+    """What every classical method returns for the pair: SHAPE-sized float32 field, MR and labels of the pair's."""
+    assert result.field.shape == (3, *SHAPE) and result.field.dtype == np.float32
+    assert result.warped.shape == SHAPE and result.warped.dtype == np.float32
+    assert result.warped_labels.shape == SHAPE and result.warped_labels.dtype == label_dtype
+    assert set(np.unique(result.warped_labels)) <= {0, 1, 2}
+    assert result.seconds > 0
