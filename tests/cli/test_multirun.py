@@ -104,7 +104,7 @@ def test_lightning_takes_ranks_from_slurm(monkeypatch):
 
 def test_dual_io_tests_the_dual_job_s_network_with_refinement(tmp_path, tiny_dataset):
     """method=dual,dual_io: dual_io trains nothing, tests dual's best checkpoint, refines each test field
-    (timed per subject) and so differs from dual."""
+    (timed per subject, within the registration's seconds) and so differs from dual."""
     sweep = tmp_path / "multiruns" / "table1_smoke"
     multirun(tmp_path, tiny_dataset, "method=dual,dual_io", "fold=0", "hydra/launcher=basic")  # one after the other
     dual, refined = (json.loads((sweep / m / "fold0-seed0" / "metrics.json").read_text()) for m in ("dual", "dual_io"))
@@ -112,6 +112,8 @@ def test_dual_io_tests_the_dual_job_s_network_with_refinement(tmp_path, tiny_dat
     assert refined["checkpoint"] == refined["network_from"] and refined["global_step"] == 0 < dual["global_step"]
     assert dual["network_from"] is None and all("refine_s" not in s for s in dual["subjects"].values())
     assert all(s["refine_s"] > 0 for s in refined["subjects"].values())
+    assert all(0 < s["seconds"] for s in dual["subjects"].values())  # the network's registration time
+    assert all(s["refine_s"] < s["seconds"] for s in refined["subjects"].values())  # which includes refinement
     assert refined["subjects"] != dual["subjects"]
 
 
