@@ -30,7 +30,8 @@ import intermod
 from intermod.checkpoint import CheckpointMetadata
 from intermod.data.layout import DatasetError, check_dataset
 from intermod.evaluation.figures import log_registration_figure
-from intermod.evaluation.report import evaluate_subject, format_table, subject_volumes, summarise, summarise_images
+from intermod.evaluation.report import (evaluate_subject, format_table, subject_volumes, summarise, summarise_field,
+                                       summarise_images)
 from intermod.io import atomic_write_json, atomic_write_text
 from intermod.runs import CHECKPOINT_DIR, CONFIG_FILE, FAILED_FILE, METRICS_FILE, RunIdentity, config_differences
 from intermod.wandb_mode import offline_unless_logged_in
@@ -223,11 +224,12 @@ def add_ground_truth(subjects: dict[str, dict], datamodule) -> None:
                                                              datamodule.labels, batch["spacing"][0].tolist())
 
 
-def log_test_results(loggers: list, subjects: dict, summary: dict, image_summary: dict) -> None:
-    """Test metrics to every logger; to W&B also per-subject tables. Then close the W&B run."""
+def log_test_results(loggers: list, subjects: dict, summary: dict, image_summary: dict, field_summary: dict) -> None:
+    """Test metrics to every logger (W&B keeps the last as the run's summary); to W&B also per-subject
+    tables. Then close the W&B run."""
     means = {f"test/{m}_{organ}": row[m]["mean"] for organ, row in summary.items()
              for m in ("dice_before", "dice_after", "asd_before", "asd_after", "hd95_after")}
-    means.update({f"test/{key}": value["mean"] for key, value in image_summary.items()})
+    means.update({f"test/{key}": value["mean"] for key, value in {**image_summary, **field_summary}.items()})
     for logger in loggers:
         logger.log_metrics(means)
         if isinstance(logger, WandbLogger):
@@ -262,7 +264,7 @@ def check_folder(cfg: DictConfig, out: Path) -> bool:
     if metrics_path.exists():
         done = json.loads(metrics_path.read_text())
         print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n"
-              f"{format_table(done['summary'], done.get('image_summary'))}")
+              f"{format_table(done['summary'], done.get('image_summary'), done.get('field_summary'))}")
         return True
     return False
 
@@ -297,7 +299,8 @@ def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = 
                       spacing=datamodule.spacing)
         summary = summarise(result["subjects"], result["labels"])
         image_summary = summarise_images(result["subjects"])
-        log_test_results(loggers, result["subjects"], summary, image_summary)
+        field_summary = summarise_field(result["subjects"])
+        log_test_results(loggers, result["subjects"], summary, image_summary, field_summary)
     except (RunError, DatasetError) as err:
         atomic_write_json(out / FAILED_FILE, {"error": str(err), "method": cfg.method.name, "fold": cfg.fold,
                                               "swept": identity.swept})
@@ -310,8 +313,9 @@ def run(cfg: DictConfig, output_dir: str | Path, swept: dict[str, str] | None = 
         raise RunError(f"{type(err).__name__}: {err} (traceback in {out / FAILED_FILE})") from err
     atomic_write_json(metrics_path, {"method": cfg.method.name, "fold": cfg.fold, "seed": cfg.seed,
                                      "name": cfg.name, "swept": identity.swept, "intermod_version": intermod.__version__,
-                                     **result, "summary": summary, "image_summary": image_summary})
-    table = format_table(summary, image_summary)
+                                     **result, "summary": summary, "image_summary": image_summary,
+                                     "field_summary": field_summary})
+    table = format_table(summary, image_summary, field_summary)
     print(f"\n{cfg.method.name}, fold {cfg.fold}, test subjects {', '.join(result['subjects'])}:\n{table}\n")
     print(f"wrote {metrics_path}")
     if not summary:  # label-free: the sweepers' objective is the image similarity the loss optimises

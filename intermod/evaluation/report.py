@@ -90,9 +90,28 @@ def summarise_images(subjects: dict[str, dict]) -> dict:
             for m in IMAGE_METRICS for when in WHEN}
 
 
-def format_table(summary: dict, image_summary: dict | None = None) -> str:
+# Learn2Reg's field and time metrics after registration: (summary key, label, where in a subject's results).
+FIELD_METRICS = (("folding_percent", "Folding (% det J <= 0)", ("folding", "percent_nonpositive_jacobian")),
+                 ("sdlogj", "SDlogJ", ("folding", "std_log_jacobian")),
+                 ("seconds", "Time per registration (s)", ("seconds",)))
+
+
+def summarise_field(subjects: dict[str, dict]) -> dict:
+    """Mean and std over subjects of folding, SDlogJ and seconds per registration, each where every
+    subject has it (a method without a field has no folding; runs of older versions no seconds)."""
+    def value(result: dict, path: tuple[str, ...]):
+        for key in path:
+            result = result.get(key) if isinstance(result, dict) else None
+        return result
+
+    return {key: sample_statistics([value(s, path) for s in subjects.values()])
+            for key, _, path in FIELD_METRICS
+            if subjects and all(value(s, path) is not None for s in subjects.values())}
+
+
+def format_table(summary: dict, image_summary: dict | None = None, field_summary: dict | None = None) -> str:
     """Markdown: Dice (%) and ASD (mm) per organ before vs after registration (or why there are none),
-    then the image similarity when given; a footer says what ± is."""
+    then the image similarity, folding, SDlogJ and time when given; a footer says what ± is."""
     def cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
         std = row[key]["std"] * scale
         return f"{row[key]['mean'] * scale:.{digits}f} ± {f'{std:.{digits}f}' if math.isfinite(std) else 'n/a'}"
@@ -110,6 +129,10 @@ def format_table(summary: dict, image_summary: dict | None = None) -> str:
         lines += [f"| {m.label}{f', {m.unit}' if m.unit else ''} | "
                   f"{cell(image_summary, f'{m.key}_before', m.scale, m.digits)} | "
                   f"{cell(image_summary, f'{m.key}_after', m.scale, m.digits)} |" for m in IMAGE_METRICS]
-    if summary or image_summary:
+    if field_summary:
+        lines += ["", "| field and time | after |", "|---|---|"]
+        lines += [f"| {label} | {cell(field_summary, key, 1.0, 3 if key != 'seconds' else 1)} |"
+                  for key, label, _ in FIELD_METRICS if key in field_summary]
+    if summary or image_summary or field_summary:
         lines += ["", f"Each cell: mean ± {SPREAD} over the test subjects (n/a for a single subject)."]
     return "\n".join(lines)

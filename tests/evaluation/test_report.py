@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from intermod.evaluation.report import (NO_ORGANS, evaluate_subject, format_table, subject_volumes, summarise,
-                                       summarise_images)
+                                       summarise_field, summarise_images)
 
 LABELS = {"bladder": 1, "rectum": 2}
 
@@ -72,3 +72,16 @@ def test_subject_volumes_takes_the_arrays_out_of_a_batch_and_its_registration():
     assert sorted(out) == sorted(arrays) and all(v.shape == (24, 20, 16) for v in out.values())
     np.testing.assert_array_equal(out["ct_labels"], arrays["ct_labels"])
     np.testing.assert_allclose(out["mr"], arrays["mr"], rtol=1e-2)
+
+
+def test_field_summary_is_folding_sdlogj_and_seconds_where_every_subject_has_them():
+    subjects = {f"s{k}": {"folding": {"percent_nonpositive_jacobian": 0.0, "std_log_jacobian": 0.1 * k},
+                          "seconds": 2.0 + k} for k in range(3)}
+    field = summarise_field(subjects)
+    assert field["sdlogj"] == {"mean": pytest.approx(0.1), "std": pytest.approx(0.1), "n": 3}
+    assert field["seconds"]["mean"] == pytest.approx(3.0) and field["folding_percent"]["mean"] == 0.0
+    table = format_table({}, None, field)
+    assert "| SDlogJ | 0.100 ± 0.100 |" in table and "| Time per registration (s) | 3.0 ± 1.0 |" in table
+    subjects["s0"]["folding"] = None  # a method without a field: no field rows, time still
+    del subjects["s1"]["seconds"]  # a run of an older version
+    assert summarise_field(subjects) == {}

@@ -185,7 +185,7 @@ def test_csv_and_latex_files_parse(tmp_path, capsys):
     assert (tmp_path / "out" / "t1.md").read_text().strip() in printed
 
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "t1.csv").read_text())))
-    assert [(r["metric"], r["organ"]) for r in rows] == [(m, o) for m in ("dice", "asd") for o in PELVIS]
+    assert [(r["metric"], r["organ"]) for r in rows] == [(m, o) for m in ("dice", "asd", "hd95") for o in PELVIS]
     assert {"affine_mean", "dual_std", "syn_n", "dual_vs_affine_p", "dual_vs_mr_pairs"} <= set(rows[0])
     assert int(rows[0]["dual_n"]) == 6 and int(rows[0]["dual_vs_ct_pairs"]) == 6
     assert 0 < float(rows[0]["dual_vs_ct_p"]) <= 1
@@ -238,7 +238,8 @@ def test_wandb_offline_table(tmp_path, monkeypatch, capsys):
     (path,) = (tmp_path / "out" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json")
     logged = json.loads(path.read_text())
     assert logged["columns"][:3] == ["metric", "unit", "organ"] and "dual_vs_ct_p" in logged["columns"]
-    assert [row[:3] for row in logged["data"]] == [[m, u, o] for m, u in (("dice", "%"), ("asd", "mm")) for o in PELVIS]
+    assert [row[:3] for row in logged["data"]] == [[m, u, o] for m, u in (("dice", "%"), ("asd", "mm"), ("hd95", "mm"))
+                                                  for o in PELVIS]
     assert logged["data"][0][logged["columns"].index("dual_n")] == 6
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -257,7 +258,8 @@ def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only
 
     table = build_table(collect(labelled))
     assert [(m.key, rows) for m, rows in table.blocks] == [("dice", list(PELVIS)), ("asd", list(PELVIS)),
-                                                           ("mi", [IMAGE_ROW]), ("ncc_mr", [IMAGE_ROW])]
+                                                           ("hd95", list(PELVIS)), ("mi", [IMAGE_ROW]),
+                                                           ("ncc_mr", [IMAGE_ROW])]
     cell = table.cells["mi", IMAGE_ROW, "dual"]
     assert (cell.mean, cell.std, cell.n) == (pytest.approx(0.425), pytest.approx(np.std(np.arange(6) / 100, ddof=1)), 6)
     # every subject better by 0.1: the exact two-sided p of 6 pairs all one way is 2/2^6
@@ -272,7 +274,7 @@ def test_image_similarity_rows_follow_the_organs_and_a_label_free_table_has_only
     assert "Note: no organ labels in these runs (label-free dataset)" in to_markdown(table)
     assert "\\textbf{0.425 $\\pm$ 0.019}" in to_latex(table)
 
-    assert [m.key for m, _ in build_table(collect(tmp_path / "old")).blocks] == ["dice", "asd"]
+    assert [m.key for m, _ in build_table(collect(tmp_path / "old")).blocks] == ["dice", "asd", "hd95"]
     # an older job pooled with newer ones: its subjects are missing from the image rows, and the table says so
     write_job(labelled, "syn", 1, {"sub-9": same_for_all(0.8, 2.0)})
     table = build_table(collect(labelled))
@@ -354,3 +356,29 @@ def test_jobs_of_one_sweep_run_in_several_places_make_one_table(tmp_path):
     assert table.methods == ["before", "affine", "dual"] and not table.problems
     assert table.roots == [tmp_path / "here", tmp_path / "committed"]
     assert f"From `{tmp_path / 'here'}`, `{tmp_path / 'committed'}`." in to_markdown(table)
+
+
+def test_learn2reg_rows_hd95_sdlogj_and_seconds_with_their_units(tmp_path):
+    """HD95 per organ, SDlogJ of the field (0 before registration) and seconds per registration (none
+    before registration or for the ground truth) are rows of every table, each label with its unit."""
+    for fold in (0, 1, 2):
+        for method, seconds in (("syn", 60.0), ("dual", 0.5)):
+            folder = write_job(tmp_path, method, fold, {f"sub-{fold}{k}": same_for_all(0.9, 2.0) for k in range(2)})
+            data = json.loads((folder / "metrics.json").read_text())
+            for k, result in enumerate(data["subjects"].values()):
+                result["folding"] = {"percent_nonpositive_jacobian": 0.0, "std_log_jacobian": 0.1 + 0.1 * k}
+                result["seconds"] = seconds + k
+            (folder / "metrics.json").write_text(json.dumps(data))
+    table = build_table(collect(tmp_path))
+    assert [m.key for m, _ in table.blocks] == ["dice", "asd", "hd95", "folding", "sdlogj", "seconds"]
+    assert table.cells["hd95", "rectum", "syn"].mean == pytest.approx(5.0)
+    assert table.cells["sdlogj", "whole field", "dual"].mean == pytest.approx(0.15)
+    assert table.cells["sdlogj", "whole field", "before"].mean == 0.0
+    assert table.cells["seconds", "per registration", "syn"].mean == pytest.approx(60.5)
+    assert table.cells["seconds", "per registration", "before"].n == 0
+    assert table.pvalues["seconds", "per registration", "syn"].p == pytest.approx(stats.wilcoxon(
+        [0.5, 1.5] * 3, [60.5, 61.5] * 3).pvalue)
+    markdown = to_markdown(table)
+    assert "| HD95 (mm) | bladder | 20.00 ± 0.00 | **5.00 ± 0.00** | **5.00 ± 0.00** |" in markdown
+    assert "| SDlogJ | whole field | 0.000 ± 0.000 | **0.150 ± 0.055** | **0.150 ± 0.055** |" in markdown
+    assert "| Time (s) | per registration | — | 60.5 ± 0.5 | **1.0 ± 0.5** |" in markdown

@@ -15,11 +15,19 @@ from intermod.runs import FAILED_FILE, METRICS_FILE
 BEFORE, TRUTH = "before", "truth"
 REFERENCE_COLUMNS = (BEFORE, TRUTH)
 
-METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False))
+# Organ metrics, and Learn2Reg's field and time metrics (each row label carries its unit).
+METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False),
+           Metric("hd95", "HD95 (mm)", "mm", 1.0, 2, False))
 IMAGE_ROW = "whole image"
-# Folding of the field: % voxels whose Jacobian determinant is <= 0 (0 before registration).
+# Regularity of the field, from metrics.json's "folding": % voxels whose Jacobian determinant is <= 0, and
+# the std of log det J (SDlogJ). The identity (before registration) has 0 for both.
 FOLDING = Metric("folding", "Folding (% det J <= 0)", "%", 1.0, 3, False)
+SDLOGJ = Metric("sdlogj", "SDlogJ", "", 1.0, 3, False)
+FIELD_METRICS = ((FOLDING, "percent_nonpositive_jacobian"), (SDLOGJ, "std_log_jacobian"))
 FIELD_ROW = "whole field"
+# Seconds of one registration (the network and any refinement, or the classical method's own time).
+SECONDS = Metric("seconds", "Time (s)", "s", 1.0, 1, False)
+TIME_ROW = "per registration"
 
 
 class NoResultsError(ValueError):
@@ -80,11 +88,13 @@ def _values(results: dict[str, dict], organs: list[str], when: str) -> dict[tupl
         values.update({(m.key, IMAGE_ROW): {subject: _as_float(result["images"][f"{m.key}_{when}"])
                                             for subject, result in results.items()}
                        for m in IMAGE_METRICS})
-    if when == "before":
-        values[FOLDING.key, FIELD_ROW] = dict.fromkeys(results, 0.0)  # the identity folds nothing
-    elif all(result.get("folding") for result in results.values()):
-        values[FOLDING.key, FIELD_ROW] = {subject: _as_float(result["folding"]["percent_nonpositive_jacobian"])
-                                          for subject, result in results.items()}
+    for m, key in FIELD_METRICS:
+        if when == "before":
+            values[m.key, FIELD_ROW] = dict.fromkeys(results, 0.0)  # the identity folds and stretches nothing
+        elif all(key in (result.get("folding") or {}) for result in results.values()):
+            values[m.key, FIELD_ROW] = {subject: _as_float(result["folding"][key]) for subject, result in results.items()}
+    if when == "after" and all("seconds" in result for result in results.values()):  # older runs have none
+        values[SECONDS.key, TIME_ROW] = {subject: _as_float(result["seconds"]) for subject, result in results.items()}
     return values
 
 

@@ -128,7 +128,7 @@ def _problem_lines(table: Table1) -> list[str]:
 
 def _reference_markdown() -> list[str]:
     organs = list(PAPER_TABLE1["dice"])
-    rows = _block_rows([(m, organs) for m in METRICS],
+    rows = _block_rows([(m, organs) for m in METRICS if m.key in PAPER_TABLE1],
                        lambda m, organ: [f"{mean:.{m.digits}f} ± {std:.{m.digits}f}"
                                          for mean, std in PAPER_TABLE1[m.key][organ]])
     return _markdown_rows(["Metric", "Organ", *PAPER_COLUMNS], rows)

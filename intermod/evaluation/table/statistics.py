@@ -9,8 +9,8 @@ import numpy as np
 from scipy import stats
 
 from intermod.evaluation.report import IMAGE_METRICS, Metric, sample_statistics
-from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, FOLDING, IMAGE_ROW, METRICS, REFERENCE_COLUMNS, TRUTH,
-                                               Collection, Job, Problem)
+from intermod.evaluation.table.reading import (BEFORE, FIELD_METRICS, FIELD_ROW, IMAGE_ROW, METRICS, REFERENCE_COLUMNS,
+                                               SECONDS, TIME_ROW, TRUTH, Collection, Job, Problem)
 from intermod.runs import METRICS_FILE
 
 METHOD_ORDER = (BEFORE, "affine", "syn", "elastix", "convexadam", "ct", "mr", "dual", "dual_io", TRUTH)
@@ -163,8 +163,10 @@ def build_table(collection: Collection, methods: list[str] | None = None, refere
     organs = _organs(jobs)
     blocks = [(m, organs) for m in METRICS if organs]
     blocks += [(m, [IMAGE_ROW]) for m in IMAGE_METRICS if any((m.key, IMAGE_ROW) in j.values for j in jobs)]
-    if any((FOLDING.key, FIELD_ROW) in j.values for j in jobs if j.method not in REFERENCE_COLUMNS):
-        blocks.append((FOLDING, [FIELD_ROW]))
+    methods_jobs = [j for j in jobs if j.method not in REFERENCE_COLUMNS]
+    blocks += [(m, [FIELD_ROW]) for m, _ in FIELD_METRICS if any((m.key, FIELD_ROW) in j.values for j in methods_jobs)]
+    if any((SECONDS.key, TIME_ROW) in j.values for j in methods_jobs):
+        blocks.append((SECONDS, [TIME_ROW]))
     folds = sorted({j.fold for j in jobs} | {p.fold for p in collection.problems if p.fold is not None})
     cells, pvalues = {}, {}
     for m, rows in blocks:
