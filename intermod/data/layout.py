@@ -104,6 +104,10 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     return DatasetSpec(root, dict(meta["labels"]), subjects, spacing, meta)
 
 
+# What write_dataset_json writes itself; anything else in a dataset.json is a producer's extra.
+DATASET_JSON_KEYS = frozenset({"version", "labels", "modalities", "spacing", "subjects", "files"})
+
+
 def write_dataset_json(root: str | Path, labels: dict[str, int], subjects: list[str],
                        spacing: tuple[float, ...], **extra) -> Path:
     root = Path(root)

@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 
 from intermod.baselines.ants import ants_workdir
-from intermod.data.layout import DATASET_JSON, DatasetError, replace_folder, write_dataset_json, write_subject
+from intermod.data.layout import (DATASET_JSON, DATASET_JSON_KEYS, DatasetError, replace_folder, write_dataset_json,
+                                  write_subject)
 from intermod.data.source import SOURCE_KEYS, Source, check_source_subject, read_source
 from intermod.io import atomic_write_json
 from intermod.metrics import dice, folding_statistics, histogram_mutual_information, ncc
@@ -23,8 +24,6 @@ RECORD = "pairing.json"
 REPORT = "pairing_report.json"
 DEFAULT_THRESHOLD = 0.95
 STAGING_PREFIX = ".intermod-pair-"
-# dataset.json keys the layout writer sets itself; everything else in the source's is carried over.
-_LAYOUT_META = {"version", "labels", "modalities", "spacing", "subjects", "files"}
 
 
 class PairingInputError(ValueError):
@@ -164,7 +163,8 @@ def _write_outputs(source: Source, dst: Path, records: dict, options: PairingOpt
                "report": REPORT}
     report = {**summary, "source": str(source.root), "labels": source.labels, "subjects": records}
     atomic_write_json(dst / REPORT, report)
-    extra = {k: v for k, v in source.meta.items() if k not in _LAYOUT_META | {"provided_pairs", "pairing"}}
+    # the source's own extras are carried over; what the layout writer sets, and earlier pairings, are not
+    extra = {k: v for k, v in source.meta.items() if k not in DATASET_JSON_KEYS | {"provided_pairs", "pairing"}}
     write_dataset_json(dst, source.labels, list(source.subjects), source.meta.get("spacing") or (),
                        **extra, pairing=summary)
     return report
