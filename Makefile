@@ -8,7 +8,7 @@ TABLE1 := $(if $(filter smoke cpu,$(SCALE)),table1_$(SCALE),table1)
 # The paper's columns; the cpu sweep folder also holds the extended table's methods.
 PAPER_COLUMNS := before,affine,syn,ct,mr,dual,truth
 
-.PHONY: install demo test test-all figure reproduce-table1 reproduce-table1-extended keep-runs pairs-vs-exact clean
+.PHONY: install demo test test-all figure reproduce-table1 reproduce-table1-extended ablation-cpu keep-runs pairs-vs-exact clean
 
 install: $(STAMP)
 
@@ -70,3 +70,10 @@ figure: $(STAMP)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# Issue 14's ablation at the cpu scale (conf/experiment/ablation_cpu.yaml): Eq. 4's weights and the similarity,
+# one factor at a time, folds 0-2, the recipe as the reference column; resumable. experiments/ablations/.
+ablation-cpu: $(STAMP)
+	$(BIN)/intermod-train -m experiment=ablation_cpu
+	$(BIN)/intermod-table1 outputs/multiruns/ablation_cpu --out-dir experiments/ablations --name ablation_cpu \
+		--reference "dual[ablation=recipe]"

@@ -123,3 +123,26 @@ def test_dual_io_without_a_finished_dual_job_trains_its_own_network(tmp_path, ti
     assert "no finished dual job" in own.stdout
     assert json.loads((tmp_path / "own" / "multiruns" / "table1_smoke" / "dual_io" / "fold0-seed0" /
                        "metrics.json").read_text())["global_step"] > 0
+
+
+def test_ablation_variants_are_one_sweep_with_a_column_each(tmp_path, tiny_dataset):
+    """conf/ablation/: one factor per file, swept as +ablation=...; each variant is its own job and column, and
+    every variant experiment=ablation_cpu sweeps exists."""
+    from omegaconf import OmegaConf
+
+    from intermod.cli import CONF_DIR
+    from intermod.cli.table1 import main as table1
+
+    experiment = OmegaConf.load(Path(CONF_DIR) / "experiment" / "ablation_cpu.yaml")
+    variants = experiment.hydra.sweeper.params["+ablation"].split(",")
+    assert {p.stem for p in (Path(CONF_DIR) / "ablation").glob("*.yaml")} == set(variants)
+
+    multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "+ablation=recipe,lncc", "logger=none")
+    sweep = tmp_path / "multiruns" / "table1_smoke"
+    config = {v: OmegaConf.load(sweep / "dual" / f"ablation={v}" / "fold0-seed0" / "config_resolved.yaml")
+              for v in ("recipe", "lncc")}
+    assert (config["recipe"].method.loss.similarity, config["lncc"].method.loss.similarity) == ("ncc", "lncc")
+    assert table1([str(sweep), "--out-dir", str(tmp_path / "table"), "--reference", "dual[ablation=recipe]"]) == 0
+    markdown = (tmp_path / "table" / "table1.md").read_text()
+    assert "| Before | Dual, ablation=lncc | Dual, ablation=recipe | Ground truth |" in markdown
+    assert "Dual, ablation=recipe vs Dual, ablation=lncc" in markdown
