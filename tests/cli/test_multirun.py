@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from metrics_files import subject_results
 from wandb_offline import wandb_run
 
 SMOKE = ["experiment=table1_smoke", "trainer.max_epochs=1", "data.samples_per_volume=2", "data.synthesize=null"]
@@ -32,7 +33,7 @@ def test_an_ablation_gets_a_folder_and_a_wandb_run_per_value_and_a_changed_confi
         assert run.run_group == "table1_smoke" and run.display_name == f"table1_smoke-dual-method.loss.lambda_l2={value}-fold0-seed0"
         assert list(run.tags) == ["method=dual", "fold=0", "seed=0", f"method.loss.lambda_l2={value}"]
         assert config["swept"] == {"method.loss.lambda_l2": value} and config["method"]["loss"]["lambda_l2"] == float(value)
-    assert metrics["0.01"]["subjects"] != metrics["0.1"]["subjects"]  # two trainings, not one reused
+    assert subject_results(metrics["0.01"]) != subject_results(metrics["0.1"])  # two trainings, not one reused
 
     changed = multirun(tmp_path, tiny_dataset, "method=dual", "fold=0", "method.loss.lambda_l2=0.01,0.1", "logger=none",
                        "trainer.max_epochs=2")
@@ -114,7 +115,7 @@ def test_dual_io_tests_the_dual_job_s_network_with_refinement(tmp_path, tiny_dat
     assert all(s["refine_s"] > 0 for s in refined["subjects"].values())
     assert all(0 < s["seconds"] for s in dual["subjects"].values())  # the network's registration time
     assert all(s["refine_s"] < s["seconds"] for s in refined["subjects"].values())  # which includes refinement
-    assert refined["subjects"] != dual["subjects"]
+    assert subject_results(refined) != subject_results(dual)
 
 
 @pytest.mark.slow  # a training like any other (covered above and in test_train.py); only the fallback is new

@@ -381,4 +381,4 @@ def test_learn2reg_rows_hd95_sdlogj_and_seconds_with_their_units(tmp_path):
     markdown = to_markdown(table)
     assert "| HD95 (mm) | bladder | 20.00 ± 0.00 | **5.00 ± 0.00** | **5.00 ± 0.00** |" in markdown
     assert "| SDlogJ | whole field | 0.000 ± 0.000 | **0.150 ± 0.055** | **0.150 ± 0.055** |" in markdown
-    assert "| Time (s) | per registration | — | 60.5 ± 0.5 | **1.0 ± 0.5** |" in markdown
+    assert "| Time (s) | per registration | n/a | 60.5 ± 0.5 | **1.0 ± 0.5** |" in markdown  # not applicable

@@ -12,6 +12,7 @@ from intermod.evaluation.table.reading import BEFORE, METRICS, REFERENCE_COLUMNS
 from intermod.evaluation.table.statistics import REFERENCE_METHOD, Cell, PValue, Table1
 from intermod.io import atomic_write_text
 
+NOT_APPLICABLE = "n/a"
 DISPLAY = {BEFORE: "Before", "affine": "Affine", "syn": "SyN", "elastix": "elastix", "convexadam": "ConvexAdam",
            "ct": "CT", "mr": "MR", "dual": "Dual", "dual_io": "Dual + IO", "mi": "MI", TRUTH: "Ground truth"}
 
@@ -39,12 +40,19 @@ def display_name(column: str) -> str:
     return f"{name}, {', '.join(values)}"
 
 
-def format_cell(cell: Cell, digits: int, plus_minus: str = "±") -> str:
-    """'mean ± std' with the paper's decimals; '—' when there is no value, 'n/a' for the std of one."""
+def format_cell(cell: Cell, digits: int, plus_minus: str = "±", empty: str = "—") -> str:
+    """'mean ± std' with the paper's decimals; ``empty`` when there is no value, 'n/a' for the std of one."""
     if cell.n == 0:
-        return "—"
+        return empty
     std = f"{cell.std:.{digits}f}" if math.isfinite(cell.std) else "n/a"
     return f"{cell.mean:.{digits}f} {plus_minus} {std}"
+
+
+def _cell_text(table: Table1, metric: Metric, row: str, column: str, plus_minus: str = "±") -> str:
+    """A cell as text. An empty cell of a method ('—') means its jobs gave no value; one of a reference
+    column ('n/a') that the metric does not apply to it (the seconds of no registration)."""
+    return format_cell(table.cells[metric.key, row, column], metric.digits, plus_minus,
+                       NOT_APPLICABLE if column in REFERENCE_COLUMNS else "—")
 
 
 def best_methods(table: Table1, metric: Metric, organ: str) -> set[str]:
@@ -79,7 +87,7 @@ def _block_rows(blocks: list[tuple[Metric, list[str]]], cells_of) -> list[list[s
 def _results_markdown(table: Table1) -> list[str]:
     def cells_of(m: Metric, organ: str) -> list[str]:
         best = best_methods(table, m, organ)
-        texts = [format_cell(table.cells[m.key, organ, method], m.digits) for method in table.methods]
+        texts = [_cell_text(table, m, organ, method) for method in table.methods]
         return [f"**{t}**" if method in best else t for method, t in zip(table.methods, texts)]
 
     header = ["Metric", "Organ", *map(display_name, table.methods)]
@@ -139,7 +147,8 @@ def to_markdown(table: Table1) -> str:
     shown = ", ".join(m.label + (f" ({m.unit})" if m.unit and m.unit not in m.label else "") for m, _ in table.blocks)
     lines = [f"# Table 1: {shown} after registration", "",
              f"From {', '.join(f'`{root}`' for root in table.roots)}. Each cell: mean ± {SPREAD} over the test subjects of all folds "
-             f"pooled; best of each row in bold (lowest ASD, highest of the others).", "",
+             f"pooled; best of each row in bold (highest DSC, MI and NCC, lowest of the others); a dash: no value "
+             f"from a method's jobs, {NOT_APPLICABLE}: not applicable to a reference column.", "",
              *_results_markdown(table), "", *_coverage_lines(table), *[f"- Note: {n}" for n in table.notes], "",
              f"## Paired Wilcoxon signed-rank tests, {display_name(table.reference or REFERENCE_METHOD)} vs each method "
              f"(two-sided p)", "", *_pvalue_markdown(table), "",
@@ -196,7 +205,7 @@ def to_latex(table: Table1) -> str:
             lines.append("\\midrule")
         best = {organ: best_methods(table, m, organ) for organ in rows}
         for i, organ in enumerate(rows):
-            texts = [format_cell(table.cells[m.key, organ, method], m.digits, "$\\pm$") for method in table.methods]
+            texts = [_cell_text(table, m, organ, method, "$\\pm$") for method in table.methods]
             texts = [f"\\textbf{{{t}}}" if method in best[organ] else t for method, t in zip(table.methods, texts)]
             lines.append(" & ".join([latex_escape(m.label) if i == 0 else "", latex_escape(organ), *texts]) + " \\\\")
     # The footer is part of the tabular, so the convention travels with the table into any document.
