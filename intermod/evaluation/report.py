@@ -15,13 +15,15 @@ from intermod.metrics import folding_statistics, histogram_mutual_information, n
 
 @dataclass(frozen=True)
 class Metric:
-    """One block of rows: the metrics.json key, its row label, scale to display units, decimals, best."""
+    """One block of rows: the metrics.json key, its row label, scale to display units, decimals, best, and
+    for a field or time metric where it is in one subject's results."""
     key: str
     label: str
     unit: str
     scale: float
     digits: int
     higher_is_better: bool
+    path: tuple[str, ...] = ()
 
 
 METRICS = ("dice", "asd", "hd95")
@@ -90,23 +92,29 @@ def summarise_images(subjects: dict[str, dict]) -> dict:
             for m in IMAGE_METRICS for when in WHEN}
 
 
-# Learn2Reg's field and time metrics after registration: (summary key, label, where in a subject's results).
-FIELD_METRICS = (("folding_percent", "Folding (% det J <= 0)", ("folding", "percent_nonpositive_jacobian")),
-                 ("sdlogj", "SDlogJ", ("folding", "std_log_jacobian")),
-                 ("seconds", "Time per registration (s)", ("seconds",)))
+# Learn2Reg's field and time metrics after registration. Regularity of the field: % voxels whose Jacobian
+# determinant is <= 0, and the std of log det J (SDlogJ); the identity has 0 for both. Seconds of one
+# registration: the network and any refinement, or the classical method's own time.
+FOLDING = Metric("folding", "Folding (% det J <= 0)", "%", 1.0, 3, False, ("folding", "percent_nonpositive_jacobian"))
+SDLOGJ = Metric("sdlogj", "SDlogJ", "", 1.0, 3, False, ("folding", "std_log_jacobian"))
+FIELD_METRICS = (FOLDING, SDLOGJ)
+SECONDS = Metric("seconds", "Time (s)", "s", 1.0, 1, False, ("seconds",))
+
+
+def result_value(result: dict, path: tuple[str, ...]):
+    """The value at ``path`` in one subject's results, or None where any part is missing (a method
+    without a field has no folding; runs of older versions have no seconds)."""
+    for key in path:
+        result = result.get(key) if isinstance(result, dict) else None
+    return result
 
 
 def summarise_field(subjects: dict[str, dict]) -> dict:
     """Mean and std over subjects of folding, SDlogJ and seconds per registration, each where every
-    subject has it (a method without a field has no folding; runs of older versions no seconds)."""
-    def value(result: dict, path: tuple[str, ...]):
-        for key in path:
-            result = result.get(key) if isinstance(result, dict) else None
-        return result
-
-    return {key: sample_statistics([value(s, path) for s in subjects.values()])
-            for key, _, path in FIELD_METRICS
-            if subjects and all(value(s, path) is not None for s in subjects.values())}
+    subject has it."""
+    return {m.key: sample_statistics([result_value(s, m.path) for s in subjects.values()])
+            for m in (*FIELD_METRICS, SECONDS)
+            if subjects and all(result_value(s, m.path) is not None for s in subjects.values())}
 
 
 def format_table(summary: dict, image_summary: dict | None = None, field_summary: dict | None = None) -> str:
@@ -131,8 +139,8 @@ def format_table(summary: dict, image_summary: dict | None = None, field_summary
                   f"{cell(image_summary, f'{m.key}_after', m.scale, m.digits)} |" for m in IMAGE_METRICS]
     if field_summary:
         lines += ["", "| field and time | after |", "|---|---|"]
-        lines += [f"| {label} | {cell(field_summary, key, 1.0, 3 if key != 'seconds' else 1)} |"
-                  for key, label, _ in FIELD_METRICS if key in field_summary]
+        lines += [f"| {m.label} | {cell(field_summary, m.key, m.scale, m.digits)} |"
+                  for m in (*FIELD_METRICS, SECONDS) if m.key in field_summary]
     if summary or image_summary or field_summary:
         lines += ["", f"Each cell: mean ± {SPREAD} over the test subjects (n/a for a single subject)."]
     return "\n".join(lines)

@@ -79,9 +79,9 @@ def test_field_summary_is_folding_sdlogj_and_seconds_where_every_subject_has_the
                           "seconds": 2.0 + k} for k in range(3)}
     field = summarise_field(subjects)
     assert field["sdlogj"] == {"mean": pytest.approx(0.1), "std": pytest.approx(0.1), "n": 3}
-    assert field["seconds"]["mean"] == pytest.approx(3.0) and field["folding_percent"]["mean"] == 0.0
+    assert field["seconds"]["mean"] == pytest.approx(3.0) and field["folding"]["mean"] == 0.0
     table = format_table({}, None, field)
-    assert "| SDlogJ | 0.100 ± 0.100 |" in table and "| Time per registration (s) | 3.0 ± 1.0 |" in table
+    assert "| SDlogJ | 0.100 ± 0.100 |" in table and "| Time (s) | 3.0 ± 1.0 |" in table
     subjects["s0"]["folding"] = None  # a method without a field: no field rows, time still
     del subjects["s1"]["seconds"]  # a run of an older version
     assert summarise_field(subjects) == {}

@@ -12,9 +12,9 @@ A reference column (Dual by default, or any column named) is compared with every
 paired Wilcoxon signed-rank test per organ and metric, pairing by (fold, subject). Failed, corrupt and
 missing jobs are listed, never averaged over silently.
 """
-from intermod.evaluation.table.reading import (BEFORE, FIELD_METRICS, FIELD_ROW, FOLDING, IMAGE_ROW, METRICS,
-                                               REFERENCE_COLUMNS, SDLOGJ, SECONDS, TIME_ROW, TRUTH, Collection, Job,
-                                               NoResultsError, Problem, collect, column_key, parse_metrics)
+from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, IMAGE_ROW, METRICS, REFERENCE_COLUMNS, TIME_ROW, TRUTH,
+                                               Collection, Job, NoResultsError, Problem, collect, column_key,
+                                               parse_metrics)
 from intermod.evaluation.table.render import (DISPLAY, PAPER_COLUMNS, PAPER_TABLE1, best_methods, csv_rows,
                                               display_name, format_cell, format_p, latex_escape, to_csv, to_latex,
                                               to_markdown, write_outputs)
@@ -23,8 +23,7 @@ from intermod.evaluation.table.statistics import (ALL_ZERO, FEW_PAIRS, METHOD_OR
                                                   cell_statistics, column_order, paired_wilcoxon, subject_values)
 from intermod.evaluation.table.wandb_log import log_to_wandb
 
-__all__ = ["BEFORE", "TRUTH", "REFERENCE_COLUMNS", "METRICS", "IMAGE_ROW", "FOLDING", "SDLOGJ", "FIELD_METRICS",
-           "FIELD_ROW", "SECONDS", "TIME_ROW", "NoResultsError",
+__all__ = ["BEFORE", "TRUTH", "REFERENCE_COLUMNS", "METRICS", "IMAGE_ROW", "FIELD_ROW", "TIME_ROW", "NoResultsError",
            "column_key", "Job", "Problem", "Collection", "parse_metrics", "collect",
            "METHOD_ORDER", "REFERENCE_METHOD", "MIN_PAIRS", "FEW_PAIRS", "ALL_ZERO", "NO_ORGANS_NOTE", "Cell", "PValue",
            "Coverage", "Table1", "column_order", "subject_values", "cell_statistics", "paired_wilcoxon", "build_table",

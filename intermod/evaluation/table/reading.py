@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from intermod.evaluation.report import IMAGE_METRICS, Metric
+from intermod.evaluation.report import FIELD_METRICS, IMAGE_METRICS, SECONDS, Metric, result_value
 from intermod.runs import FAILED_FILE, METRICS_FILE
 
 # Two reference columns come from every job's metrics.json: the subjects before registration and, on a
@@ -15,18 +15,11 @@ from intermod.runs import FAILED_FILE, METRICS_FILE
 BEFORE, TRUTH = "before", "truth"
 REFERENCE_COLUMNS = (BEFORE, TRUTH)
 
-# Organ metrics, and Learn2Reg's field and time metrics (each row label carries its unit).
+# Organ metrics (each row label carries its unit); the field and time metrics are report.py's.
 METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False),
            Metric("hd95", "HD95 (mm)", "mm", 1.0, 2, False))
 IMAGE_ROW = "whole image"
-# Regularity of the field, from metrics.json's "folding": % voxels whose Jacobian determinant is <= 0, and
-# the std of log det J (SDlogJ). The identity (before registration) has 0 for both.
-FOLDING = Metric("folding", "Folding (% det J <= 0)", "%", 1.0, 3, False)
-SDLOGJ = Metric("sdlogj", "SDlogJ", "", 1.0, 3, False)
-FIELD_METRICS = ((FOLDING, "percent_nonpositive_jacobian"), (SDLOGJ, "std_log_jacobian"))
 FIELD_ROW = "whole field"
-# Seconds of one registration (the network and any refinement, or the classical method's own time).
-SECONDS = Metric("seconds", "Time (s)", "s", 1.0, 1, False)
 TIME_ROW = "per registration"
 
 
@@ -88,13 +81,16 @@ def _values(results: dict[str, dict], organs: list[str], when: str) -> dict[tupl
         values.update({(m.key, IMAGE_ROW): {subject: _as_float(result["images"][f"{m.key}_{when}"])
                                             for subject, result in results.items()}
                        for m in IMAGE_METRICS})
-    for m, key in FIELD_METRICS:
-        if when == "before":
-            values[m.key, FIELD_ROW] = dict.fromkeys(results, 0.0)  # the identity folds and stretches nothing
-        elif all(key in (result.get("folding") or {}) for result in results.values()):
-            values[m.key, FIELD_ROW] = {subject: _as_float(result["folding"][key]) for subject, result in results.items()}
-    if when == "after" and all("seconds" in result for result in results.values()):  # older runs have none
-        values[SECONDS.key, TIME_ROW] = {subject: _as_float(result["seconds"]) for subject, result in results.items()}
+    def after(m: Metric) -> dict[str, float] | None:
+        found = {subject: result_value(result, m.path) for subject, result in results.items()}
+        return {subject: _as_float(v) for subject, v in found.items()} if None not in found.values() else None
+
+    for m in FIELD_METRICS:
+        field = dict.fromkeys(results, 0.0) if when == "before" else after(m)  # the identity folds nothing
+        if field is not None:
+            values[m.key, FIELD_ROW] = field
+    if when == "after" and (seconds := after(SECONDS)) is not None:  # older runs have none
+        values[SECONDS.key, TIME_ROW] = seconds
     return values
 
 

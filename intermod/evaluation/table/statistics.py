@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from intermod.evaluation.report import IMAGE_METRICS, Metric, sample_statistics
-from intermod.evaluation.table.reading import (BEFORE, FIELD_METRICS, FIELD_ROW, IMAGE_ROW, METRICS, REFERENCE_COLUMNS,
-                                               SECONDS, TIME_ROW, TRUTH, Collection, Job, Problem)
+from intermod.evaluation.report import FIELD_METRICS, IMAGE_METRICS, SECONDS, Metric, sample_statistics
+from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, IMAGE_ROW, METRICS, REFERENCE_COLUMNS, TIME_ROW, TRUTH,
+                                               Collection, Job, Problem)
 from intermod.runs import METRICS_FILE
 
 METHOD_ORDER = (BEFORE, "affine", "syn", "elastix", "convexadam", "ct", "mr", "dual", "dual_io", TRUTH)
@@ -164,7 +164,7 @@ def build_table(collection: Collection, methods: list[str] | None = None, refere
     blocks = [(m, organs) for m in METRICS if organs]
     blocks += [(m, [IMAGE_ROW]) for m in IMAGE_METRICS if any((m.key, IMAGE_ROW) in j.values for j in jobs)]
     methods_jobs = [j for j in jobs if j.method not in REFERENCE_COLUMNS]
-    blocks += [(m, [FIELD_ROW]) for m, _ in FIELD_METRICS if any((m.key, FIELD_ROW) in j.values for j in methods_jobs)]
+    blocks += [(m, [FIELD_ROW]) for m in FIELD_METRICS if any((m.key, FIELD_ROW) in j.values for j in methods_jobs)]
     if any((SECONDS.key, TIME_ROW) in j.values for j in methods_jobs):
         blocks.append((SECONDS, [TIME_ROW]))
     folds = sorted({j.fold for j in jobs} | {p.fold for p in collection.problems if p.fold is not None})
