@@ -8,7 +8,9 @@ the MR moving; it returns a :class:`ClassicalResult` whose field is in voxels, p
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +66,31 @@ def check_seed(seed) -> int:
 
 
 @contextmanager
+def _sigterm_exits():
+    """Inside, SIGTERM (a scheduler's or `kill`'s stop) raises SystemExit, so that cleanup runs as it does
+    for Ctrl-C; Python's default would end the process on the spot. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def private_workdir(prefix: str):
-    """A private temporary folder for a library's own files, removed on exit, also on error."""
+    """A private temporary folder for a library's own files, removed on exit, also on error and on SIGTERM
+    (which ends the process once the library's current call returns)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        yield path
+        with _sigterm_exits():
+            yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -1,10 +1,17 @@
 """The classical baselines' shared input checks: each case once, on check_inputs, then that every
-baseline runs them before any work (so its own tests need only its own cases)."""
+baseline runs them before any work (so its own tests need only its own cases); and their private folder."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from intermod.baselines import ants, convexadam, elastix
-from intermod.baselines.result import check_inputs, check_seed
+from intermod.baselines.result import check_inputs, check_seed, private_workdir
 
 
 def inputs(shape=(8, 7, 6)):
@@ -64,3 +71,28 @@ def test_every_baseline_checks_its_inputs_and_seed_first(register):
         register(given["ct"], with_nan(given["mr"]), given["mr_labels"], given["spacing"])
     with pytest.raises(ValueError, match="seed must be an int"):
         register(given["ct"], given["mr"], given["mr_labels"], given["spacing"], seed=-1)
+
+
+def test_a_private_workdir_is_removed_when_the_process_is_terminated(tmp_path):
+    # a scheduler's stop (SIGTERM) mid-registration: the folder goes, the process exits 143 (128 + 15)
+    script = ("import sys, time\n"
+              "from intermod.baselines.result import private_workdir\n"
+              "with private_workdir('intermod-test-') as path:\n"
+              "    (path / 'transform.mat').write_bytes(b'0' * 1000)\n"
+              "    print(path, flush=True)\n"
+              "    time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(tmp_path)})
+    path = Path(child.stdout.readline().strip())
+    assert path.parent == tmp_path and (path / "transform.mat").exists()
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_private_workdir_restores_the_sigterm_handler_it_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = signal.getsignal(signal.SIGTERM)
+    with private_workdir("intermod-test-"):
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before and list(tmp_path.iterdir()) == []
