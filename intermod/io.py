@@ -23,3 +23,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, payload: dict) -> Path:
     return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def atomic_write_report(out: str | Path, payload: dict, markdown: str) -> Path:
+    """A measurement's record and its table side by side: ``out`` with suffix .json and .md (returned)."""
+    out = Path(out)
+    atomic_write_json(out.with_suffix(".json"), payload)
+    return atomic_write_text(out.with_suffix(".md"), markdown)

@@ -34,7 +34,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from intermod.cli import CONF_DIR
-from intermod.io import atomic_write_json, atomic_write_text
+from intermod.io import atomic_write_report
 from intermod.runner import run
 from intermod.runs import METRICS_FILE
 
@@ -181,9 +181,8 @@ def main() -> None:
         setting += " **Smoke run** (tiny grid, narrow net, CPU): checks that the script works, says nothing of parity."
     report = {"device": device, "setting": setting, "runs": runs, "comparisons": comparisons,
               "command": "python experiments/benchmarks/parity.py " + " ".join(sys.argv[1:])}
-    out, text = Path(args.out), markdown(report)
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), text)
+    text = markdown(report)
+    atomic_write_report(args.out, report, text)
     print(text)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from intermod.io import atomic_write_json, atomic_write_text
+from intermod.io import atomic_write_report
 from throughput.flops import PAPER_WIDTHS, conv_layer_flops, counted_flops
 from throughput.machine import machine, math_mode, peak_tflops
 from throughput.measure import compute_only, data_rate, end_to_end
@@ -127,9 +127,8 @@ def main() -> None:
                         "layer_gflop": layer_total / 1e9, "layer_forward_gflop": layer_forward / 1e9,
                         "paper_counted_gflop": paper_total / 1e9, "paper_forward_gflop": paper_forward / 1e9},
               "setups": rows, "data_paths": data_rows, "profiles": profiles}
-    out, text = Path(args.out), markdown(report)
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), text)
+    text = markdown(report)
+    atomic_write_report(args.out, report, text)
     print(text)
 
 

@@ -30,7 +30,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from intermod.cli import CONF_DIR
-from intermod.io import atomic_write_json, atomic_write_text
+from intermod.io import atomic_write_report, atomic_write_text
 from intermod.metrics import dice
 from intermod.runner import ensure_dataset, make_datamodule, make_module
 from intermod.spatial import warp_labels
@@ -286,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_recipe(name, overrides, 60 * args.budget_min, args.eval_every, args.threads))
         # after every recipe, so an interrupted comparison keeps what it measured
         out = Path(args.out)
-        atomic_write_json(out.with_suffix(".json"), {"machine": machine(), "results": results})
-        atomic_write_text(out.with_suffix(".md"), render(results, args, recipes))
+        atomic_write_report(out, {"machine": machine(), "results": results}, render(results, args, recipes))
         keys = ["train_s", "step", "epoch", "train_loss", "val_loss", "lr", "folding_percent", "dice_mean",
                 *(f"dice_{o}" for o in results[0]["dice_before"])]
         atomic_write_text(out.with_suffix(".csv"), "recipe," + ",".join(keys) + "\n" + "".join(
