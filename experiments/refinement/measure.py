@@ -3,11 +3,12 @@
 Run on the validation subject(s) of the checkpoint's fold (never its test subjects: the settings chosen
 here become the `dual_io` method's, which Table 1 tests), one process, the machine's threads:
 
-    python experiments/refinement/measure.py RUN_DIR [--steps 25 50 100] [--data-root DIR] [--out experiments/refinement/refinement_cpu.md]
+    python experiments/refinement/measure.py RUN_DIR [RUN_DIR ...] [--steps 25 50 100] [--data-root DIR] [--out experiments/refinement/refinement_cpu.md]
 
-RUN_DIR is a finished or running learned job (its checkpoints/best.ckpt and config_resolved.yaml). Writes a
-Markdown table: mean Dice (%) per organ, % folding voxels and seconds of refinement per subject, per setting,
-with the network alone (0 steps) as the baseline measured in the same run.
+Each RUN_DIR is a finished or running learned job (its checkpoints/best.ckpt and config_resolved.yaml); with
+several (other folds), their validation subjects are pooled, each registered by its own fold's network.
+Writes a Markdown table: mean Dice (%) per organ, % folding voxels and seconds of refinement per subject, per
+setting, with the network alone (0 steps) as the baseline measured in the same run.
 """
 from __future__ import annotations
 
@@ -64,14 +65,16 @@ def measure(run_dir: Path, steps: list[int], data_root: Path | None = None) -> t
                          "folding": folding_statistics(refined[0].numpy())["percent_nonpositive_jacobian"],
                          **{organ: 100 * dice(arrays["ct_labels"] == v, warped == v)
                             for organ, v in model.labels.items()}})
-    return rows, {"fold": cfg.fold, "val": list(split.val), "labels": list(model.labels), "step": str(run_dir)}
+    return rows, {"fold": int(cfg.fold), "val": list(split.val), "labels": list(model.labels), "run": str(run_dir)}
 
 
-def render(rows: list[dict], meta: dict) -> str:
-    organs = meta["labels"]
-    lines = [f"# Test-time refinement on validation subject(s) {', '.join(meta['val'])} (fold {meta['fold']})", "",
-             f"Network: `{meta['step']}/checkpoints/best.ckpt`, fp32. Machine: {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPU threads, torch {torch.__version__} using {torch.get_num_threads()}.", "",
+def render(rows: list[dict], metas: list[dict]) -> str:
+    organs = metas[0]["labels"]
+    subjects = ", ".join(f"{s} (fold {m['fold']})" for m in metas for s in m["val"])
+    lines = [f"# Test-time refinement on validation subjects {subjects}", "",
+             "Networks: " + ", ".join(f"`{m['run']}/checkpoints/best.ckpt`" for m in metas) + ", fp32. "
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch "
+             f"{torch.__version__} using {torch.get_num_threads()}.", "",
              "| setting | " + " | ".join(f"Dice {o} (%)" for o in organs) + " | folding (%) | seconds |",
              "|---|" + "---:|" * (len(organs) + 2)]
     keys = list(dict.fromkeys((r["steps"], r["similarity"]) for r in rows))
@@ -88,14 +91,16 @@ def render(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100])
     parser.add_argument("--data-root", type=Path, help="the dataset folder, if not the run's data.root (relative to "
                         "where it was trained)")
     parser.add_argument("--out", type=Path, default=Path("experiments/refinement/refinement_cpu.md"))
     args = parser.parse_args()
-    rows, meta = measure(args.run_dir, args.steps, args.data_root)
-    table = render(rows, meta)
+    measured = [measure(run_dir, args.steps, args.data_root) for run_dir in args.run_dirs]
+    if len({tuple(meta["labels"]) for _, meta in measured}) > 1:
+        raise SystemExit("measure.py: the runs' datasets have different organ labels; measure them separately")
+    table = render([row for rows, _ in measured for row in rows], [meta for _, meta in measured])
     atomic_write_text(args.out, table)
     print(table)
 

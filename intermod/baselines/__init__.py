@@ -1,0 +1,1 @@
+"""Classical registration methods (ANTs, elastix, ConvexAdam), wrapped to one signature and field convention."""

@@ -1,0 +1,1 @@
+"""Measuring registrations: per-run metrics and report, Table 1 across runs, figures."""

@@ -1,0 +1,1 @@
+"""The networks that predict a displacement field from a CT and an MR patch."""
