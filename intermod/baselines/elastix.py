@@ -27,7 +27,8 @@ itk-elastix 0.25.4) with intermod's overrides on top:
 
 ``affine`` and ``bspline`` (mappings of elastix parameter names to values: str, number, bool or a
 list of them) override single entries of those maps, e.g. ``bspline={"MaximumNumberOfIterations":
-500}``. elastix ignores parameter names it does not know: a misspelt one does nothing.
+500}``. elastix ignores parameter names it does not know, so a misspelt one would do nothing; its log lists
+the names a stage did not use, and any of intermod's or the caller's among them is an error naming it.
 ``RandomSeed`` (from ``seed``) and ``WriteResultImage`` (false: the MR is resampled by intermod)
 are set here and may not be overridden.
 
@@ -51,6 +52,7 @@ no more than "see the log").
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 
@@ -108,6 +110,7 @@ def register(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, spacing, see
             _, transform = itk.elastix_registration_method(
                 fixed, moving, parameter_object=parameters, output_directory=str(workdir),
                 log_to_console=False, log_to_file=True, log_file_name=_LOG, **thread_option)
+            _check_all_used(workdir / _LOG, overrides)  # before transformix, which rewrites the log
             deformation = itk.transformix_deformation_field(
                 moving, transform, output_directory=str(workdir), log_to_console=False, log_to_file=True,
                 log_file_name=_LOG)
@@ -129,6 +132,22 @@ def _log_errors(log, lines: int = 15) -> str:
         return ""
     errors = [line for line in text if "error" in line.lower()]
     return "\n".join((errors or text)[-lines:])
+
+
+def _check_all_used(log, overrides: dict[str, dict]) -> None:
+    """Raise ValueError naming each parameter set in ``overrides`` that elastix reports unused in its log
+    (lines ``Unused parameter: NAME`` after each stage)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return
+    unused = set(re.findall(r"^\s*Unused parameter: (\S+)", text, flags=re.MULTILINE))
+    named = {stage: sorted(unused & set(options)) for stage, options in overrides.items()}
+    problems = [f"{stage} {names}" for stage, names in named.items() if names]
+    if problems:
+        raise ValueError(f"elastix did not use the parameter(s) {'; '.join(problems)}: it ignores names it does not "
+                         "know, so these would do nothing. Check their spelling (method.register.affine / .bspline "
+                         "in conf/method/elastix.yaml) against elastix's parameter list.")
 
 
 def _overrides(options: Mapping | None, stage: str) -> dict:

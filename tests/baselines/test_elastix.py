@@ -85,6 +85,16 @@ def test_a_failing_registration_explains_itself_and_leaves_no_files(private_tmp,
     assert list(tmp.iterdir()) == [] and list(cwd.iterdir()) == []
 
 
+def test_a_misspelt_parameter_is_named_not_ignored(private_tmp, pair):
+    fixed, moving, _, moving_labels = pair
+    with pytest.raises(ValueError, match=r"did not use the parameter\(s\) bspline \['MaximumNumberOfIteratons'\]: "
+                                         r"it ignores names it does not know"):
+        register(fixed, moving, moving_labels, SPACING, affine=FAST,
+                 bspline={**FAST_BSPLINE, "MaximumNumberOfIteratons": 500})
+    tmp, cwd = private_tmp
+    assert list(tmp.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
 def test_dice_improves_on_a_phantom_pair():
     before, after = phantom_dice(register)
     assert np.mean(after) > np.mean(before) + 0.01, (before, after)  # 0.846 -> 0.877
