@@ -119,7 +119,8 @@ class RegistrationModule(pl.LightningModule):
 
     def refine_batch(self, batch: dict, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``out`` with its field refined on the batch's own CT and MR, and the MR and labels warped again."""
-        field = refine_field(batch["ct"].float(), batch["mr"].float(), out["field"].float(), self.refinement)
+        field = refine_field(batch["ct"], batch["mr"], out["field"].float(), self.refinement,
+                             self.integration_steps)
         return {"field": field, "mr_warped": warp(batch["mr"], field),
                 "mr_labels_warped": warp_labels(batch["mr_labels"], field)}
 

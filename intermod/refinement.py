@@ -5,6 +5,12 @@ difference of MIND-SSC descriptors (``"mind"``, as ConvexAdam's Adam stage) or P
 of the intensities (``"mi"``). The update is optimised on a grid ``grid`` voxels apart (descriptors
 averaged over each cell) and up-sampled trilinearly: ``grid``^3 times fewer voxels to warp a step, and a
 smooth update by construction. The regulariser is Eq. 4 on the whole field at that grid, in its units.
+
+For the paper's network the update is added to its displacement. For a diffeomorphic network
+(``integration_steps`` > 0) the update is a stationary velocity, integrated like the network's, composed
+with the network's map (the update's flow first, then the network's) and regularised itself, as the
+network's velocity is in training: a composition of diffeomorphisms, so the refined field stays one where
+adding a displacement can fold it (tests/test_refinement.py).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from intermod.losses import mind_ssc, parzen_mutual_information, smoothness
-from intermod.spatial import warp
+from intermod.spatial import integrate_velocity, warp
 
 __all__ = ["Refinement", "refine_field"]
 
@@ -51,9 +57,19 @@ def _to_grid(x: Tensor, grid: int) -> Tensor:
     return F.avg_pool3d(F.pad(x, pad, mode="replicate"), grid)
 
 
-def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement) -> Tensor:
+def _updated(field: Tensor, update: Tensor, integration_steps: int) -> Tensor:
+    """``field`` after ``update`` (both (B, 3, X, Y, Z), one unit): added, or with ``integration_steps`` > 0 the
+    update's flow u composed with the field's map, x -> x + u(x) -> x + u(x) + field(x + u(x))."""
+    if not integration_steps:
+        return field + update
+    u = integrate_velocity(update, integration_steps)
+    return u + warp(field, u)
+
+
+def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement, integration_steps: int = 0) -> Tensor:
     """The field (1, 3, X, Y, Z), voxels, pull-back) after ``refinement.steps`` Adam steps that move the MR
-    (1, 1, X, Y, Z) towards the CT (1, 1, X, Y, Z), both normalised to [0, 1]. Zero steps return ``field``."""
+    (1, 1, X, Y, Z) towards the CT (1, 1, X, Y, Z), both normalised to [0, 1]. Zero steps return ``field``.
+    ``integration_steps``: the network's (0: the paper's displacement; > 0: the update is a velocity, composed)."""
     if ct.ndim != 5 or ct.shape[:2] != (1, 1) or mr.shape != ct.shape:
         raise ValueError(f"refine_field: ct and mr must both be (1, 1, X, Y, Z), got {tuple(ct.shape)} and "
                          f"{tuple(mr.shape)}")
@@ -77,7 +93,7 @@ def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement) 
         update = torch.zeros_like(start, requires_grad=True)
         optimiser = torch.optim.Adam([update], lr=refinement.lr)
         for _ in range(refinement.steps):
-            phi = start + update
+            phi = _updated(start, update, integration_steps)
             warped = warp(moving, phi)
             if refinement.similarity == "mind":
                 dissimilarity = (warped - fixed).pow(2).mean()
@@ -85,12 +101,16 @@ def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement) 
                 mi = parzen_mutual_information(fixed, warped, bins=refinement.mi_bins)
                 dissimilarity = 1 - mi.mean() / math.log(refinement.mi_bins)
             # Replicated borders: the Laplacian reaches the outermost cells too, which would otherwise drift free.
-            bordered = F.pad(phi, (1,) * 6, mode="replicate")
+            # A velocity update is regularised itself (its flow is smooth where it is); a displacement, the sum.
+            bordered = F.pad(update if integration_steps else phi, (1,) * 6, mode="replicate")
             regulariser = smoothness(bordered, refinement.lambda_laplacian, refinement.lambda_l2)[0].mean()
             optimiser.zero_grad()
             (dissimilarity + regulariser).backward()
             optimiser.step()
         update = update.detach()
+    if integration_steps:  # the flow, integrated where it was optimised, then up-sampled as a displacement
+        update = integrate_velocity(update, integration_steps)
     padded = [n + (-n % g) for n in ct.shape[2:]]
     step = F.interpolate(update * g, size=padded, mode="trilinear", align_corners=False)
-    return field + step[..., :ct.shape[2], :ct.shape[3], :ct.shape[4]].to(field.dtype)
+    step = step[..., :ct.shape[2], :ct.shape[3], :ct.shape[4]]
+    return (field + step if not integration_steps else step + warp(field.float(), step)).to(field.dtype)

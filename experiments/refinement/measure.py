@@ -52,12 +52,13 @@ def measure(run_dir: Path, steps: list[int], data_root: Path | None = None) -> t
         ct, mr = normalise(arrays["ct"], arrays["mr"], model)
         labels = torch.from_numpy(arrays["mr_labels"].astype(np.int64))[None, None]
         start = time.perf_counter()
-        field = predict_field(model.net, ct, mr, model.inference)
+        field = predict_field(model.net, ct, mr, model.inference, integration_steps=model.integration_steps)
         network_s = time.perf_counter() - start
         settings = [(0, "network")] + [(n, s) for n in steps if n for s in SIMILARITIES]
         for n, similarity in settings:
             start = time.perf_counter()
-            refined = field if n == 0 else refine_field(ct, mr, field, Refinement(steps=n, similarity=similarity))
+            refined = field if n == 0 else refine_field(ct, mr, field, Refinement(steps=n, similarity=similarity),
+                                                     model.integration_steps)
             seconds = time.perf_counter() - start
             warped = warp_labels(labels, refined)[0, 0].numpy()
             rows.append({"subject": subject, "steps": n, "similarity": similarity, "seconds": seconds,

@@ -127,7 +127,7 @@ def register_images(ct: sitk.Image, mr: sitk.Image, model: Model, mr_labels: sit
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
     with _timed(timings, "refine"):
-        field = refine_field(ct_d, mr_d, field, refinement)
+        field = refine_field(ct_d, mr_d, field, refinement, model.integration_steps)
         mr_warped_grid = warp(mr_d, field)
     deformation = field[0].double().cpu().numpy()
     with _timed(timings, "compose"):
