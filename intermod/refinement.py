@@ -24,7 +24,7 @@ from torch import Tensor
 from intermod.losses import mind_ssc, parzen_mutual_information, smoothness
 from intermod.spatial import integrate_velocity, warp
 
-__all__ = ["Refinement", "refine_field"]
+__all__ = ["SIMILARITIES", "Refinement", "refine_field"]
 
 SIMILARITIES = ("mind", "mi")
 

@@ -264,7 +264,7 @@ def check_folder(cfg: DictConfig, out: Path) -> bool:
     if metrics_path.exists():
         done = json.loads(metrics_path.read_text())
         print(f"{metrics_path} exists: skipping this run (force=true re-runs it)\n"
-              f"{format_table(done['summary'], done.get('image_summary'), done.get('field_summary'))}")
+              f"{format_table(done['summary'], done.get('image_summary'), summarise_field(done['subjects']))}")
         return True
     return False
 

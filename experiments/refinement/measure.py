@@ -28,12 +28,11 @@ from intermod.geometry import read_image, to_array
 from intermod.inference import predict_field
 from intermod.io import atomic_write_text
 from intermod.metrics import dice, folding_statistics
-from intermod.refinement import Refinement, refine_field
+from intermod.refinement import SIMILARITIES, Refinement, refine_field
 from intermod.registration import load_model
 from intermod.registration.pipeline import normalise
 from intermod.spatial import warp_labels
 
-SIMILARITIES = ("mind", "mi")
 
 
 def subject_arrays(spec, subject: str) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ itk-elastix 0.25.4) with intermod's overrides on top:
 ``affine`` and ``bspline`` (mappings of elastix parameter names to values: str, number, bool or a
 list of them) override single entries of those maps, e.g. ``bspline={"MaximumNumberOfIterations":
 500}``. elastix ignores parameter names it does not know, so a misspelt one would do nothing; its log lists
-the names a stage did not use, and any of intermod's or the caller's among them is an error naming it.
+the names a stage did not use, and any of the caller's among them is an error naming it.
 ``RandomSeed`` (from ``seed``) and ``WriteResultImage`` (false: the MR is resampled by intermod)
 are set here and may not be overridden.
 
@@ -86,8 +86,8 @@ def register(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, spacing, see
     seed = check_seed(seed)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
-    overrides = {"affine": {**DEFAULT_AFFINE, **_overrides(affine, "affine")},
-                 "bspline": {**DEFAULT_BSPLINE, **_overrides(bspline, "bspline")}}
+    given = {"affine": _overrides(affine, "affine"), "bspline": _overrides(bspline, "bspline")}
+    overrides = {"affine": {**DEFAULT_AFFINE, **given["affine"]}, "bspline": {**DEFAULT_BSPLINE, **given["bspline"]}}
     for name in ("ct", "mr"):
         image = {"ct": ct, "mr": mr}[name]
         if image.max() == image.min():
@@ -110,7 +110,7 @@ def register(ct: np.ndarray, mr: np.ndarray, mr_labels: np.ndarray, spacing, see
             _, transform = itk.elastix_registration_method(
                 fixed, moving, parameter_object=parameters, output_directory=str(workdir),
                 log_to_console=False, log_to_file=True, log_file_name=_LOG, **thread_option)
-            _check_all_used(workdir / _LOG, overrides)  # before transformix, which rewrites the log
+            _check_all_used(workdir / _LOG, given)  # before transformix, which rewrites the log
             deformation = itk.transformix_deformation_field(
                 moving, transform, output_directory=str(workdir), log_to_console=False, log_to_file=True,
                 log_file_name=_LOG)
@@ -134,20 +134,23 @@ def _log_errors(log, lines: int = 15) -> str:
     return "\n".join((errors or text)[-lines:])
 
 
-def _check_all_used(log, overrides: dict[str, dict]) -> None:
-    """Raise ValueError naming each parameter set in ``overrides`` that elastix reports unused in its log
-    (lines ``Unused parameter: NAME`` after each stage)."""
+def _check_all_used(log, given: dict[str, dict]) -> None:
+    """Raise ValueError naming each parameter the caller set for a stage that elastix reports unused in its
+    log (``Unused parameter: NAME`` lines; each stage's part of the log ends with its "Time spent on saving")."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return
-    unused = set(re.findall(r"^\s*Unused parameter: (\S+)", text, flags=re.MULTILINE))
-    named = {stage: sorted(unused & set(options)) for stage, options in overrides.items()}
-    problems = [f"{stage} {names}" for stage, names in named.items() if names]
+    parts = re.split(r"Time spent on saving the results", text)
+    problems = []
+    for stage, part in zip(STAGES, parts):
+        unused = sorted(set(re.findall(r"^\s*Unused parameter: (\S+)", part, flags=re.MULTILINE)) & set(given[stage]))
+        if unused:
+            problems.append(f"{stage} {unused}")
     if problems:
         raise ValueError(f"elastix did not use the parameter(s) {'; '.join(problems)}: it ignores names it does not "
-                         "know, so these would do nothing. Check their spelling (method.register.affine / .bspline "
-                         "in conf/method/elastix.yaml) against elastix's parameter list.")
+                         "know or that the stage's components do not read, so these would do nothing. Correct or "
+                         "remove them (method.register.affine / .bspline in conf/method/elastix.yaml).")
 
 
 def _overrides(options: Mapping | None, stage: str) -> dict:

@@ -68,8 +68,9 @@ def check_seed(seed) -> int:
 @contextmanager
 def _sigterm_exits():
     """Inside, SIGTERM (a scheduler's or `kill`'s stop) raises SystemExit, so that cleanup runs as it does
-    for Ctrl-C; Python's default would end the process on the spot. Only the main thread can set handlers."""
-    if threading.current_thread() is not threading.main_thread():
+    for Ctrl-C, where Python's default would end the process on the spot. A handler someone else installed
+    (submitit ignores SIGTERM and requeues on USR2) is left alone; only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
 

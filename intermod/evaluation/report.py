@@ -26,7 +26,9 @@ class Metric:
     path: tuple[str, ...] = ()
 
 
-METRICS = ("dice", "asd", "hd95")
+# Organ metrics (each row label carries its unit): what metrics.organ_metrics computes, by its keys.
+METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False),
+           Metric("hd95", "HD95 (mm)", "mm", 1.0, 2, False))
 # Image similarity, before and after registration: all a label-free dataset has.
 IMAGE_METRICS = (Metric("mi", "MI (CT, MR)", "nats", 1.0, 3, True),
                  Metric("ncc_mr", "NCC (paired MR, MR)", "", 1.0, 3, True))
@@ -64,8 +66,8 @@ def evaluate_subject(volumes: dict[str, np.ndarray], field: np.ndarray | None, l
     """
     before = organ_metrics(volumes["ct_labels"], volumes["mr_labels"], labels, spacing)
     after = organ_metrics(volumes["ct_labels"], volumes["mr_labels_warped"], labels, spacing)
-    organs = {organ: {f"{m}_{when}": float(values[organ][m]) for when, values in (("before", before), ("after", after))
-                      for m in METRICS} for organ in labels}
+    organs = {organ: {f"{m.key}_{when}": float(values[organ][m.key])
+                      for when, values in (("before", before), ("after", after)) for m in METRICS} for organ in labels}
     images = image_similarity(volumes["ct"], volumes["mr"], volumes["mr_warped"], volumes["mr_paired"])
     return {"organs": organs, "images": images,
             "folding": folding_statistics(field) if field is not None else None}
@@ -82,7 +84,8 @@ def sample_statistics(values) -> dict:
 
 def summarise(subjects: dict[str, dict], labels: dict[str, int]) -> dict:
     """Per organ, mean and std over subjects of each organ metric."""
-    return {organ: {f"{m}_{when}": sample_statistics([s["organs"][organ][f"{m}_{when}"] for s in subjects.values()])
+    return {organ: {f"{m.key}_{when}": sample_statistics([s["organs"][organ][f"{m.key}_{when}"]
+                                                          for s in subjects.values()])
                     for m in METRICS for when in WHEN} for organ in labels}
 
 
@@ -101,12 +104,17 @@ FIELD_METRICS = (FOLDING, SDLOGJ)
 SECONDS = Metric("seconds", "Time (s)", "s", 1.0, 1, False, ("seconds",))
 
 
+MISSING = object()
+
+
 def result_value(result: dict, path: tuple[str, ...]):
-    """The value at ``path`` in one subject's results, or None where any part is missing (a method
-    without a field has no folding; runs of older versions have no seconds)."""
+    """The value at ``path`` in one subject's results (JSON null, how some writers store NaN, as NaN), or
+    MISSING where any part is absent (a method without a field has no folding; older runs no seconds)."""
     for key in path:
-        result = result.get(key) if isinstance(result, dict) else None
-    return result
+        if not isinstance(result, dict) or key not in result:
+            return MISSING
+        result = result[key]
+    return math.nan if result is None else result
 
 
 def summarise_field(subjects: dict[str, dict]) -> dict:
@@ -114,7 +122,7 @@ def summarise_field(subjects: dict[str, dict]) -> dict:
     subject has it."""
     return {m.key: sample_statistics([result_value(s, m.path) for s in subjects.values()])
             for m in (*FIELD_METRICS, SECONDS)
-            if subjects and all(result_value(s, m.path) is not None for s in subjects.values())}
+            if subjects and all(result_value(s, m.path) is not MISSING for s in subjects.values())}
 
 
 def format_table(summary: dict, image_summary: dict | None = None, field_summary: dict | None = None) -> str:

@@ -1,1 +1,1 @@
-"""The networks that predict a displacement field from a CT and an MR patch."""
+"""The networks that predict a displacement (or a velocity, the diffeomorphic option) from a CT and an MR patch."""

@@ -95,6 +95,15 @@ def test_a_misspelt_parameter_is_named_not_ignored(private_tmp, pair):
     assert list(tmp.iterdir()) == [] and list(cwd.iterdir()) == []
 
 
+def test_an_unused_parameter_is_blamed_on_the_stage_that_did_not_use_it(pair):
+    # control-point spacing means nothing to the affine stage, and is the B-spline stage's own (FAST_BSPLINE)
+    fixed, moving, _, moving_labels = pair
+    with pytest.raises(ValueError, match=r"parameter\(s\) affine \['FinalGridSpacingInPhysicalUnits'\]: ") as error:
+        register(fixed, moving, moving_labels, SPACING, affine={**FAST, "FinalGridSpacingInPhysicalUnits": 15.0},
+                 bspline=FAST_BSPLINE)
+    assert "bspline" not in str(error.value).split(":")[0]
+
+
 def test_dice_improves_on_a_phantom_pair():
     before, after = phantom_dice(register)
     assert np.mean(after) > np.mean(before) + 0.01, (before, after)  # 0.846 -> 0.877

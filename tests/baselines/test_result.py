@@ -96,3 +96,13 @@ def test_a_private_workdir_restores_the_sigterm_handler_it_replaced(tmp_path, mo
     with private_workdir("intermod-test-"):
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before and list(tmp_path.iterdir()) == []
+
+
+def test_a_private_workdir_leaves_a_handler_someone_else_installed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as submitit does: it requeues on USR2 instead
+    try:
+        with private_workdir("intermod-test-"):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from intermod.evaluation.report import (NO_ORGANS, evaluate_subject, format_table, subject_volumes, summarise,
-                                       summarise_field, summarise_images)
+from intermod.evaluation.report import (FOLDING, MISSING, NO_ORGANS, SDLOGJ, SECONDS, evaluate_subject, format_table,
+                                       result_value, subject_volumes, summarise, summarise_field, summarise_images)
 
 LABELS = {"bladder": 1, "rectum": 2}
 
@@ -85,3 +85,14 @@ def test_field_summary_is_folding_sdlogj_and_seconds_where_every_subject_has_the
     subjects["s0"]["folding"] = None  # a method without a field: no field rows, time still
     del subjects["s1"]["seconds"]  # a run of an older version
     assert summarise_field(subjects) == {}
+
+
+def test_a_null_value_is_nan_and_a_missing_one_is_no_value():
+    result = {"folding": {"percent_nonpositive_jacobian": None}, "seconds": 1.5}
+    assert math.isnan(result_value(result, FOLDING.path))
+    assert result_value(result, SDLOGJ.path) is MISSING and result_value({}, SECONDS.path) is MISSING
+    field = summarise_field({"a": {**result, "folding": {"percent_nonpositive_jacobian": None, "std_log_jacobian": 0.2}},
+                             "b": {"folding": {"percent_nonpositive_jacobian": 0.0, "std_log_jacobian": 0.4},
+                                   "seconds": 2.5}})
+    assert field["folding"]["n"] == 1 and field["folding"]["mean"] == 0.0  # the null left out, as NaN
+    assert field["sdlogj"]["mean"] == pytest.approx(0.3) and field["seconds"]["n"] == 2

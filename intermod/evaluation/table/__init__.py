@@ -12,9 +12,9 @@ A reference column (Dual by default, or any column named) is compared with every
 paired Wilcoxon signed-rank test per organ and metric, pairing by (fold, subject). Failed, corrupt and
 missing jobs are listed, never averaged over silently.
 """
-from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, IMAGE_ROW, METRICS, REFERENCE_COLUMNS, TIME_ROW, TRUTH,
-                                               Collection, Job, NoResultsError, Problem, collect, column_key,
-                                               parse_metrics)
+from intermod.evaluation.report import METRICS
+from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, IMAGE_ROW, REFERENCE_COLUMNS, TIME_ROW, TRUTH, Collection,
+                                               Job, NoResultsError, Problem, collect, column_key, parse_metrics)
 from intermod.evaluation.table.render import (DISPLAY, PAPER_COLUMNS, PAPER_TABLE1, best_methods, csv_rows,
                                               display_name, format_cell, format_p, latex_escape, to_csv, to_latex,
                                               to_markdown, write_outputs)

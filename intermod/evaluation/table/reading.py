@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from intermod.evaluation.report import FIELD_METRICS, IMAGE_METRICS, SECONDS, Metric, result_value
+from intermod.evaluation.report import FIELD_METRICS, IMAGE_METRICS, METRICS, MISSING, SECONDS, Metric, result_value
 from intermod.runs import FAILED_FILE, METRICS_FILE
 
 # Two reference columns come from every job's metrics.json: the subjects before registration and, on a
@@ -15,9 +15,7 @@ from intermod.runs import FAILED_FILE, METRICS_FILE
 BEFORE, TRUTH = "before", "truth"
 REFERENCE_COLUMNS = (BEFORE, TRUTH)
 
-# Organ metrics (each row label carries its unit); the field and time metrics are report.py's.
-METRICS = (Metric("dice", "DSC (%)", "%", 100.0, 1, True), Metric("asd", "ASD (mm)", "mm", 1.0, 2, False),
-           Metric("hd95", "HD95 (mm)", "mm", 1.0, 2, False))
+# The rows' metrics are report.py's (METRICS, IMAGE_METRICS, FIELD_METRICS, SECONDS); these name the rows.
 IMAGE_ROW = "whole image"
 FIELD_ROW = "whole field"
 TIME_ROW = "per registration"
@@ -83,7 +81,7 @@ def _values(results: dict[str, dict], organs: list[str], when: str) -> dict[tupl
                        for m in IMAGE_METRICS})
     def after(m: Metric) -> dict[str, float] | None:
         found = {subject: result_value(result, m.path) for subject, result in results.items()}
-        return {subject: _as_float(v) for subject, v in found.items()} if None not in found.values() else None
+        return None if any(v is MISSING for v in found.values()) else {s: float(v) for s, v in found.items()}
 
     for m in FIELD_METRICS:
         field = dict.fromkeys(results, 0.0) if when == "before" else after(m)  # the identity folds nothing

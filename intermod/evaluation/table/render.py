@@ -7,8 +7,8 @@ import math
 import re
 from pathlib import Path
 
-from intermod.evaluation.report import SPREAD, Metric
-from intermod.evaluation.table.reading import BEFORE, METRICS, REFERENCE_COLUMNS, TRUTH
+from intermod.evaluation.report import METRICS, SPREAD, Metric
+from intermod.evaluation.table.reading import BEFORE, REFERENCE_COLUMNS, TRUTH
 from intermod.evaluation.table.statistics import REFERENCE_METHOD, Cell, PValue, Table1
 from intermod.io import atomic_write_text
 

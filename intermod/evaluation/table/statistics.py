@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from intermod.evaluation.report import FIELD_METRICS, IMAGE_METRICS, SECONDS, Metric, sample_statistics
-from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, IMAGE_ROW, METRICS, REFERENCE_COLUMNS, TIME_ROW, TRUTH,
-                                               Collection, Job, Problem)
+from intermod.evaluation.report import FIELD_METRICS, IMAGE_METRICS, METRICS, SECONDS, Metric, sample_statistics
+from intermod.evaluation.table.reading import (BEFORE, FIELD_ROW, IMAGE_ROW, REFERENCE_COLUMNS, TIME_ROW, TRUTH, Collection,
+                                               Job, Problem)
 from intermod.runs import METRICS_FILE
 
 METHOD_ORDER = (BEFORE, "affine", "syn", "elastix", "convexadam", "ct", "mr", "dual", "dual_io", TRUTH)
