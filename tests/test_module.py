@@ -10,6 +10,7 @@ from intermod.inference import predict_field, predict_network_output
 from intermod.losses import RegistrationLoss
 from intermod.module import RegistrationModule
 from intermod.networks.unet import RegistrationUNet
+from intermod.refinement import Refinement, refine_field
 from intermod.spatial import integrate_velocity
 
 LABELS = {"bladder": 1}
@@ -64,6 +65,16 @@ def test_validation_and_test_register_with_the_whole_volume_integral():
     velocity = predict_network_output(module.net, volumes["ct"], volumes["mr"])
     torch.testing.assert_close(out["velocity"], velocity)
     torch.testing.assert_close(out["field"], integrate_velocity(velocity, 7))
+
+
+def test_test_time_refinement_of_a_diffeomorphic_module_composes_a_velocity_update():
+    module, volumes = make_module(7).eval(), batch((30, 26, 20))
+    module.refinement = Refinement(steps=3)
+    out = module.register_batch(volumes)
+    refined = module.refine_batch(volumes, out)
+    expected = refine_field(volumes["ct"], volumes["mr"], out["field"], module.refinement, integration_steps=7)
+    torch.testing.assert_close(refined["field"], expected)
+    assert not torch.allclose(expected, refine_field(volumes["ct"], volumes["mr"], out["field"], module.refinement))
 
 
 def test_a_diffeomorphic_checkpoint_registers_with_the_modules_field(tmp_path):
