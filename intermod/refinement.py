@@ -57,13 +57,15 @@ def _to_grid(x: Tensor, grid: int) -> Tensor:
     return F.avg_pool3d(F.pad(x, pad, mode="replicate"), grid)
 
 
+def _after(field: Tensor, u: Tensor) -> Tensor:
+    """The displacement of the map x -> x + u(x) followed by ``field``'s: u(x) + field(x + u(x))."""
+    return u + warp(field, u)
+
+
 def _updated(field: Tensor, update: Tensor, integration_steps: int) -> Tensor:
     """``field`` after ``update`` (both (B, 3, X, Y, Z), one unit): added, or with ``integration_steps`` > 0 the
-    update's flow u composed with the field's map, x -> x + u(x) -> x + u(x) + field(x + u(x))."""
-    if not integration_steps:
-        return field + update
-    u = integrate_velocity(update, integration_steps)
-    return u + warp(field, u)
+    update's flow composed with the field's map."""
+    return field + update if not integration_steps else _after(field, integrate_velocity(update, integration_steps))
 
 
 def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement, integration_steps: int = 0) -> Tensor:
@@ -113,4 +115,4 @@ def refine_field(ct: Tensor, mr: Tensor, field: Tensor, refinement: Refinement, 
     padded = [n + (-n % g) for n in ct.shape[2:]]
     step = F.interpolate(update * g, size=padded, mode="trilinear", align_corners=False)
     step = step[..., :ct.shape[2], :ct.shape[3], :ct.shape[4]]
-    return (field + step if not integration_steps else step + warp(field.float(), step)).to(field.dtype)
+    return (field + step if not integration_steps else _after(field.float(), step)).to(field.dtype)

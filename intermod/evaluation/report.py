@@ -102,6 +102,7 @@ FOLDING = Metric("folding", "Folding (% det J <= 0)", "%", 1.0, 3, False, ("fold
 SDLOGJ = Metric("sdlogj", "SDlogJ", "", 1.0, 3, False, ("folding", "std_log_jacobian"))
 FIELD_METRICS = (FOLDING, SDLOGJ)
 SECONDS = Metric("seconds", "Time (s)", "s", 1.0, 1, False, ("seconds",))
+SUMMARY_FIELD_METRICS = (*FIELD_METRICS, SECONDS)  # a run's field_summary and its table's "field and time" rows
 
 
 MISSING = object()
@@ -121,7 +122,7 @@ def summarise_field(subjects: dict[str, dict]) -> dict:
     """Mean and std over subjects of folding, SDlogJ and seconds per registration, each where every
     subject has it."""
     return {m.key: sample_statistics([result_value(s, m.path) for s in subjects.values()])
-            for m in (*FIELD_METRICS, SECONDS)
+            for m in SUMMARY_FIELD_METRICS
             if subjects and all(result_value(s, m.path) is not MISSING for s in subjects.values())}
 
 
@@ -148,7 +149,7 @@ def format_table(summary: dict, image_summary: dict | None = None, field_summary
     if field_summary:
         lines += ["", "| field and time | after |", "|---|---|"]
         lines += [f"| {m.label} | {cell(field_summary, m.key, m.scale, m.digits)} |"
-                  for m in (*FIELD_METRICS, SECONDS) if m.key in field_summary]
+                  for m in SUMMARY_FIELD_METRICS if m.key in field_summary]
     if summary or image_summary or field_summary:
         lines += ["", f"Each cell: mean ± {SPREAD} over the test subjects (n/a for a single subject)."]
     return "\n".join(lines)
