@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -382,3 +384,20 @@ def test_learn2reg_rows_hd95_sdlogj_and_seconds_with_their_units(tmp_path):
     assert "| HD95 (mm) | bladder | 20.00 ± 0.00 | **5.00 ± 0.00** | **5.00 ± 0.00** |" in markdown
     assert "| SDlogJ | whole field | 0.000 ± 0.000 | **0.150 ± 0.055** | **0.150 ± 0.055** |" in markdown
     assert "| Time (s) | per registration | n/a | 60.5 ± 0.5 | **1.0 ± 0.5** |" in markdown  # not applicable
+
+
+def test_made_vs_exact_pairs_compares_only_the_jobs_both_sweeps_finished(tmp_path):
+    """Table 1 cpu holds five Dual folds, a made-pairs sweep maybe one: Δ must be over the same subjects."""
+    spec = importlib.util.spec_from_file_location(
+        "compare_tables", Path(__file__).parents[2] / "experiments" / "pairing" / "compare_tables.py")
+    compare_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_tables)
+    exact, made = tmp_path / "exact", tmp_path / "made"
+    write_job(exact, "dual", 0, {"sub-a": same_for_all(0.85, 2.0), "sub-b": same_for_all(0.85, 2.0)})
+    write_job(exact, "dual", 1, {"sub-c": same_for_all(0.99, 1.0), "sub-d": same_for_all(0.99, 1.0)})
+    write_job(made, "dual", 0, {"sub-a": same_for_all(0.80, 2.5), "sub-b": same_for_all(0.80, 2.5)})
+    rows = [line for line in compare_tables.compare(exact, made).splitlines() if line.startswith("| DSC") and "| Dual |" in line]
+    assert len(rows) == len(PELVIS)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3:7] == ["50.0 ± 0.0", "85.0 ± 0.0", "80.0 ± 0.0", "-5.0"]
