@@ -28,7 +28,8 @@ from intermod.geometry import index_to_physical, lps_to_voxel, read_displacement
 from intermod.inference import predict_field, resolve_precision
 from intermod.metrics import dice
 from intermod.networks.unet import RegistrationUNet
-from intermod.registration import OUTPUT_NAMES, load_model, register_files
+from intermod.refinement import refine_field
+from intermod.registration import OUTPUT_NAMES, load_model, pipeline, register_files
 from intermod.spatial import warp_labels
 
 REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
@@ -497,6 +498,33 @@ def test_refinement_is_recorded_and_does_not_lower_dice(data, registered, tmp_pa
     assert report["refinement"]["steps"] == 30 and report["refinement"]["similarity"] == "mind"
     assert report["timings_s"]["refine"] > 0
     mean_dice = [np.mean([row["dice_after"] for row in r["labels"].values()]) for r in (registered["report"], report)]
+    assert mean_dice[1] >= mean_dice[0] - 0.005, mean_dice
+
+
+def test_a_diffeomorphic_network_s_refined_field_stays_fold_free_and_does_not_lower_dice(data, tmp_path,
+                                                                                           monkeypatch):
+    """--refine on a checkpoint with integration_steps: refinement is told to compose a velocity update
+    (intermod.refinement, whose tests show why: added, it folds), and the written field stays fold-free."""
+    told = []
+
+    def spy(*args):
+        told.append(args[-1])
+        return refine_field(*args)
+    monkeypatch.setattr(pipeline, "refine_field", spy)
+    checkpoint = save_checkpoint(tmp_path / "diffeo.ckpt", tiny_net(seed=1),
+                                 {**METADATA, "format": 2, "integration_steps": 7})
+    reports = []
+    for steps in (0, 30):
+        out = tmp_path / f"out{steps}"
+        code, _, stderr = run("--ct", data["ct"], "--mr", data["mr"], "--checkpoint", checkpoint, "--out", out,
+                              "--mr-labels", data["mr_labels"], "--ct-labels", data["ct_labels"], "--refine", steps)
+        assert code == 0, stderr
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert [r["network"]["integration_steps"] for r in reports] == [7, 7] and told == [7, 7]
+    assert reports[1]["refinement"]["steps"] == 30
+    assert all(r["folding"]["percent_nonpositive_jacobian"] < 0.1 for r in reports), [r["folding"] for r in reports]
+    assert reports[1]["folding"]["std_log_jacobian"] != reports[0]["folding"]["std_log_jacobian"]  # it did move
+    mean_dice = [np.mean([row["dice_after"] for row in r["labels"].values()]) for r in reports]
     assert mean_dice[1] >= mean_dice[0] - 0.005, mean_dice
 
 
