@@ -401,3 +401,36 @@ def test_made_vs_exact_pairs_compares_only_the_jobs_both_sweeps_finished(tmp_pat
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[3:7] == ["50.0 ± 0.0", "85.0 ± 0.0", "80.0 ± 0.0", "-5.0"]
+
+
+def test_the_share_of_the_ground_truth_s_gain_is_over_each_method_s_own_subjects(tmp_path, capsys):
+    """Before 50 %, ground truth 90 % on fold 0 and 70 % on fold 1: Dual (fold 0 only, 80 %) recovers
+    (80 - 50) / (90 - 50) = 0.75, not the 1.0 that fold 1's ground truth would make of it; SyN (both folds,
+    45 %) recovers (45 - 50) / (80 - 50) = -1/6, worse than no registration."""
+    for method, folds, dice in (("syn", (0, 1), 0.45), ("dual", (0,), 0.8)):
+        for fold in folds:
+            folder = write_job(tmp_path, method, fold, {f"sub-{fold}{k}": same_for_all(dice, 2.0) for k in range(2)})
+            data = json.loads((folder / "metrics.json").read_text())
+            for result in data["subjects"].values():
+                result["ground_truth"] = {"organs": {o: {"dice_after": 0.9 if fold == 0 else 0.7, "asd_after": 0.5,
+                                                         "hd95_after": 1.0} for o in PELVIS}}
+            (folder / "metrics.json").write_text(json.dumps(data))
+    table = build_table(collect(tmp_path))
+    for organ in PELVIS:
+        assert table.recovery[organ, "dual"].share == pytest.approx(0.75) and table.recovery[organ, "dual"].n == 2
+        assert table.recovery[organ, "syn"].share == pytest.approx(-1 / 6) and table.recovery[organ, "syn"].n == 4
+    assert ("before" not in {m for _, m in table.recovery}) and ("truth" not in {m for _, m in table.recovery})
+    assert "| DSC (%) | bladder | -0.17 (n=4) | 0.75 (n=2) |" in to_markdown(table)
+    assert main([str(tmp_path), "--out-dir", str(tmp_path / "out"), "--name", "t"]) == 0
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "t.csv").read_text())))
+    shares = {r["organ"]: r for r in rows if r["metric"] == "dice_recovery"}
+    assert float(shares["rectum"]["dual_mean"]) == pytest.approx(0.75) and shares["rectum"]["dual_n"] == "2"
+    assert shares["rectum"]["before_mean"] == "" and shares["rectum"]["truth_mean"] == ""
+
+
+
+def test_no_share_of_the_gain_without_a_ground_truth(tmp_path):
+    """Real scans have no exact field: no share is computed and the section is left out."""
+    random_multirun(tmp_path, ["syn", "dual"], folds=(0, 1), per_fold=3)
+    table = build_table(collect(tmp_path))
+    assert table.recovery == {} and "Share of the ground truth" not in to_markdown(table)

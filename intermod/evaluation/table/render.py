@@ -9,7 +9,7 @@ from pathlib import Path
 
 from intermod.evaluation.report import METRICS, SPREAD, Metric
 from intermod.evaluation.table.reading import BEFORE, REFERENCE_COLUMNS, TRUTH
-from intermod.evaluation.table.statistics import REFERENCE_METHOD, Cell, PValue, Table1
+from intermod.evaluation.table.statistics import RECOVERY_METRIC, REFERENCE_METHOD, Cell, PValue, Table1
 from intermod.io import atomic_write_text
 
 NOT_APPLICABLE = "n/a"
@@ -113,6 +113,23 @@ def _coverage_lines(table: Table1) -> list[str]:
     return lines
 
 
+def _recovery_markdown(table: Table1) -> list[str]:
+    """Each method's share of the ground truth's gain per organ, with the subjects it is over."""
+    if not table.recovery:
+        return []
+    methods = [m for m in table.methods if m not in REFERENCE_COLUMNS]
+
+    def cells_of(_, organ: str) -> list[str]:
+        shares = [table.recovery[organ, m] for m in methods]
+        return [f"{r.share:.2f} (n={r.n})" if math.isfinite(r.share) else "—" for r in shares]
+
+    return ["## Share of the ground truth's gain", "",
+            "(mean after - mean before) / (mean ground truth - mean before), each over the method's own test "
+            "subjects: 1 is what the phantom's exact field reaches, 0 no registration, below 0 worse than none.", "",
+            *_markdown_rows(["Metric", "Organ", *map(display_name, methods)],
+                            _block_rows([(RECOVERY_METRIC, table.organs)], cells_of)), ""]
+
+
 def _pvalue_markdown(table: Table1) -> list[str]:
     if not table.pvalues:
         why = (f"no {display_name(REFERENCE_METHOD)} column (name one with --reference)" if table.reference is None
@@ -150,6 +167,7 @@ def to_markdown(table: Table1) -> str:
              f"pooled; best of each row in bold (highest DSC, MI and NCC, lowest of the others); a dash: no value "
              f"from a method's jobs, {NOT_APPLICABLE}: not applicable to a reference column.", "",
              *_results_markdown(table), "", *_coverage_lines(table), *[f"- Note: {n}" for n in table.notes], "",
+             *_recovery_markdown(table),
              f"## Paired Wilcoxon signed-rank tests, {display_name(table.reference or REFERENCE_METHOD)} vs each method "
              f"(two-sided p)", "", *_pvalue_markdown(table), "",
              "## Missing or failed jobs", "", *_problem_lines(table), "",
@@ -178,6 +196,12 @@ def csv_rows(table: Table1) -> tuple[list[str], list[list]]:
                 value = table.pvalues[m.key, organ, other]
                 row += [_number(value.p), value.n_pairs]
             rows.append(row)
+    for organ in table.organs if table.recovery else []:  # the share has no spread: std and nan left empty
+        row = [f"{RECOVERY_METRIC.key}_recovery", "fraction", organ]
+        for method in table.methods:
+            value = table.recovery.get((organ, method))
+            row += ["", "", "", ""] if value is None else [_number(value.share), "", value.n, ""]
+        rows.append(row + [""] * (len(header) - len(row)))
     return header, rows
 
 

@@ -15,6 +15,7 @@ from intermod.runs import METRICS_FILE
 
 METHOD_ORDER = (BEFORE, "affine", "syn", "elastix", "convexadam", "ct", "mr", "dual", "dual_io", TRUTH)
 REFERENCE_METHOD = "dual"
+RECOVERY_METRIC = next(m for m in METRICS if m.key == "dice")  # whose share of the ground truth's gain is shown
 MIN_PAIRS = 6
 FEW_PAIRS = (f"fewer than {MIN_PAIRS} pairs (with {MIN_PAIRS - 1} or fewer the smallest exact two-sided p is "
              f"2/32 = 0.0625, so the test could never reach 0.05)")
@@ -41,6 +42,14 @@ class PValue:
 
 
 @dataclass
+class Recovery:
+    """A method's share of the ground truth's gain over no registration, on its own test subjects:
+    (mean after - mean before) / (mean ground truth - mean before); 1 is the exact field, 0 no change."""
+    share: float
+    n: int
+
+
+@dataclass
 class Coverage:
     """Which test subjects, folds and seeds a method's cells come from."""
     n_subjects: int
@@ -62,6 +71,7 @@ class Table1:
     problems: list[Problem]
     reference: str | None = REFERENCE_METHOD  # the column the others are tested against
     notes: list[str] = field(default_factory=list)
+    recovery: dict[tuple[str, str], Recovery] = field(default_factory=dict)  # (organ, method), on a phantom
 
 
 def column_order(found: set[str], methods: list[str] | None = None) -> list[str]:
@@ -112,6 +122,16 @@ def paired_wilcoxon(reference: dict, other: dict) -> PValue:
     if np.all(a == b):
         return PValue(None, len(keys), ALL_ZERO)
     return PValue(float(stats.wilcoxon(a, b, alternative="two-sided").pvalue), len(keys))
+
+
+def recovery(jobs: list[Job], method: str, metric: str, organ: str) -> Recovery:
+    """The method's :class:`Recovery` of ``metric`` on the subjects where it, Before and Ground truth all
+    have a finite value (NaN share when there are none or the ground truth gains nothing)."""
+    columns = [subject_values(jobs, column, metric, organ) for column in (method, BEFORE, TRUTH)]
+    keys = [k for k in columns[0] if all(k in c and math.isfinite(c[k]) for c in columns)]
+    after, before, truth = (np.mean([c[k] for k in keys]) if keys else math.nan for c in columns)
+    gain = truth - before
+    return Recovery(float((after - before) / gain) if keys and gain > 0 else math.nan, len(keys))
 
 
 def _coverage(jobs: list[Job], method: str) -> Coverage:
@@ -178,6 +198,10 @@ def build_table(collection: Collection, methods: list[str] | None = None, refere
                 for method in columns:
                     if method != reference:
                         pvalues[m.key, row, method] = paired_wilcoxon(per_method[reference], per_method[method])
+    phantom = {BEFORE, TRUTH} <= {j.method for j in jobs}
+    recoveries = {(organ, method): recovery(jobs, method, RECOVERY_METRIC.key, organ)
+                  for organ in (organs if phantom else []) for method in columns if method not in REFERENCE_COLUMNS}
     return Table1(roots=collection.roots, methods=columns, organs=organs, blocks=blocks, folds=folds, cells=cells,
                   pvalues=pvalues, coverage={method: _coverage(jobs, method) for method in columns},
-                  problems=_missing(collection, columns, folds), reference=reference, notes=_notes(jobs, columns))
+                  problems=_missing(collection, columns, folds), reference=reference, notes=_notes(jobs, columns),
+                  recovery=recoveries)
