@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from intermod.evaluation.report import Metric
-from intermod.evaluation.table import (METRICS, NoResultsError, build_table, cell_statistics, collect, display_name,
-                                       format_cell, format_p, paired_wilcoxon, subject_values)
+from intermod.evaluation.table import (METRICS, REFERENCE_COLUMNS, NoResultsError, build_table, cell_statistics,
+                                       collect, display_name, format_cell, format_p, paired_wilcoxon, subject_values)
 from intermod.io import atomic_write_text
 
 
@@ -39,7 +39,8 @@ def compare(exact_dir: Path, made_dir: Path) -> str:
     made_jobs = {(job.method, job.fold, job.seed) for job in made.jobs}
     exact = replace(exact, jobs=[job for job in exact.jobs if (job.method, job.fold, job.seed) in made_jobs])
     exact_table, made_table = build_table(exact), build_table(made)
-    methods = [m for m in exact_table.methods if m in made_table.methods]
+    # Before is the table's own column; the made dataset has no ground-truth field
+    methods = [m for m in exact_table.methods if m in made_table.methods and m not in REFERENCE_COLUMNS]
     metrics = {job.path: json.loads(job.path.read_text()) for job in exact.jobs}
     lines = ["# Trained on intermod-pair's pairs vs on the phantom's exact pairs", "",
              f"Exact pairs: `{exact_dir}`. Made pairs: `{made_dir}`. Each cell: mean ± sample std over the test "
